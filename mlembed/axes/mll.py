@@ -1,0 +1,63 @@
+"""MLL, Matryoshka Layer Learning: the contrastive loss on the pooled output of several layers at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+#: The reference's layer set before clipping to the model's depth.
+REFERENCE_LAYERS = (1, 2, 4, 8, 16, 24, 32, 40, 48)
+
+
+@dataclass
+class MLL:
+    """Settings and loss wrapper of the MLL axis (which layers get a loss)."""
+
+    enabled: bool = True
+    """Switch the axis on or off; off means the last layer only."""
+    layers: list[int] | None = None
+    """Layers (1-based) that get a loss; default: {1,2,4,8,16,24,32,40,48} below the depth, plus the last."""
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            if len(self.layers) == 0:
+                raise ValueError("--model.mll.layers is empty: give at least one layer, or null for the default")
+            if min(self.layers) < 1:
+                raise ValueError(f"--model.mll.layers {self.layers}: layers are counted from 1")
+
+    def resolve(self, depth: int) -> tuple[int, ...]:
+        """The sorted layer set for a backbone of ``depth`` layers."""
+        if not self.enabled:
+            return (depth,)
+        if self.layers is not None:
+            too_deep = [layer for layer in self.layers if layer > depth]
+            if too_deep:
+                raise ValueError(f"--model.mll.layers {too_deep} exceed the backbone's depth {depth}")
+            return tuple(sorted(set(self.layers)))
+        return tuple(sorted({layer for layer in REFERENCE_LAYERS if layer < depth} | {depth}))
+
+    @staticmethod
+    def combine(
+        per_layer: Mapping[int, torch.Tensor],
+    ) -> torch.Tensor:
+        """The MLL total: the layer losses averaged over layers (the reference divides by the layer count)."""
+        return torch.stack(list(per_layer.values())).sum() / len(per_layer)
+
+    def __call__(
+        self,
+        embeddings: Mapping[int, tuple[torch.Tensor, ...]],
+        inner: Callable[..., torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Apply ``inner`` (MRL or the base loss) to each layer's embeddings and average.
+
+        Args:
+            embeddings: layer -> (query [B, H], positive [B, H], negatives [B, N, H] or None).
+            inner: the wrapped loss, called as ``inner(*embeddings[layer], layer=layer)``.
+
+        Returns:
+            The averaged loss and the per-layer losses (for logging).
+        """
+        per_layer = {layer: inner(*embs, layer=layer) for layer, embs in embeddings.items()}
+        return self.combine(per_layer), per_layer

@@ -1,0 +1,7 @@
+"""Callbacks that drive the axes' state during training."""
+
+from mlembed.callbacks.layer_schedule import LayerSchedule
+from mlembed.callbacks.rank_sampler import RankSampler
+from mlembed.callbacks.svd_init import SVDInit
+
+__all__ = ["LayerSchedule", "RankSampler", "SVDInit"]

@@ -1,0 +1,130 @@
+"""The base loss that the Matryoshka axes wrap: InfoNCE with in-batch and hard negatives, plus distillation.
+
+Inputs are L2-normalised embeddings (one MRL prefix at a time), so dot products are cosine similarities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+GatherMode = Literal["none", "local", "all"]
+#: ``gather(x, mode) -> [world * B, ...]``: this rank's rows sit at ``rank * B``; ``mode`` picks the gradient.
+Gather = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+def gather_single_process(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """The gather of a single process: itself (no gradient at all when ``mode`` is ``none``)."""
+    return x.detach() if mode == "none" else x
+
+
+@dataclass
+class ContrastiveLoss:
+    """InfoNCE over in-batch and hard negatives, temperature-scaled cosine similarity."""
+
+    temperature: float = 0.05
+    """Softmax temperature of the similarity logits."""
+    in_batch: bool = True
+    """Use the positives of the whole (global) batch as negatives, for retrieval-type tasks."""
+    hard_negatives: bool = True
+    """Score each query against its own positive and hard negatives."""
+    gather_grad: GatherMode = "all"
+    """Gradient through positives gathered from other devices: ``none`` (the reference: no gradient, not even
+    for the local ones), ``local`` (this device's rows only) or ``all`` (exact gradient of the global loss)."""
+    mask_false_negatives: bool = True
+    """Leave out of row i's in-batch denominator every other row with the same query or positive text."""
+    kd_weight: float = 0.0
+    """Weight of the distillation term (MSE to the teacher's embedding prefix); 0 turns it off."""
+    kd_teacher: Literal["self", "batch"] = "self"
+    """Teacher of the distillation term: ``self`` (this step's last layer at full width and rank, detached)
+    or ``batch`` (vectors stored with the data, ``batch["teacher_query"]``)."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"--model.loss.temperature ({self.temperature}) must be > 0")
+        if self.kd_weight < 0:
+            raise ValueError(f"--model.loss.kd_weight ({self.kd_weight}) must be >= 0")
+        if self.gather_grad not in ("none", "local", "all"):
+            raise ValueError(f"--model.loss.gather_grad ({self.gather_grad!r}) must be none, local or all")
+        if not (self.in_batch or self.hard_negatives):
+            raise ValueError("--model.loss.in_batch and --model.loss.hard_negatives are both off: no loss left")
+
+    def __call__(
+        self,
+        query: torch.Tensor,
+        positive: torch.Tensor,
+        negatives: torch.Tensor | None,
+        *,
+        query_hash: torch.Tensor,
+        positive_hash: torch.Tensor,
+        use_in_batch: bool,
+        gather: Gather = gather_single_process,
+        rank: int = 0,
+        teacher: tuple[torch.Tensor, ...] | None = None,
+        dim: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms for one (layer, dim) point.
+
+        Args:
+            query: [B, D] normalised; positive: [B, D]; negatives: [B, N, D] or None.
+            query_hash, positive_hash: [B] text hashes (false-negative masking across devices).
+            use_in_batch: the batch's task type allows in-batch negatives.
+            gather: collects a tensor from all devices (see :data:`Gather`).
+            rank: this device's index in the gathered rows.
+            teacher: normalised teacher vectors for (query[, positive]) at this width, for distillation.
+            dim: the width, unused here but passed by MRL for losses that want it.
+        """
+        terms: dict[str, torch.Tensor] = {}
+        if self.in_batch and use_in_batch:
+            terms["in_batch"] = self.in_batch_loss(query, positive, query_hash, positive_hash, gather, rank)
+        if self.hard_negatives and negatives is not None and negatives.shape[1] > 0:
+            terms["hard"] = self.hard_negative_loss(query, positive, negatives)
+        if not terms:
+            # A batch with neither term (no in-batch task, no negatives) still teaches the positive pair.
+            terms["hard"] = self.hard_negative_loss(query, positive, positive.new_zeros(positive.shape[0], 0, positive.shape[1]))
+        if self.kd_weight > 0 and teacher is not None:
+            terms["kd"] = self.kd_weight * distillation_loss((query, positive), teacher)
+        return terms
+
+    def in_batch_loss(
+        self,
+        query: torch.Tensor,
+        positive: torch.Tensor,
+        query_hash: torch.Tensor,
+        positive_hash: torch.Tensor,
+        gather: Gather,
+        rank: int,
+    ) -> torch.Tensor:
+        """Queries [B, D] against the positives of all devices [W*B, D]; row i's label is ``rank * B + i``."""
+        batch = query.shape[0]
+        all_pos = gather(positive, self.gather_grad)  # [W*B, D]
+        logits = query @ all_pos.T / self.temperature  # [B, W*B]
+        labels = rank * batch + torch.arange(batch, device=query.device)
+        if self.mask_false_negatives:
+            all_qh = gather(query_hash, "none")  # [W*B]
+            all_ph = gather(positive_hash, "none")
+            same = (query_hash[:, None] == all_qh[None, :]) | (positive_hash[:, None] == all_ph[None, :])
+            same[torch.arange(batch, device=query.device), labels] = False
+            logits = logits.masked_fill(same, float("-inf"))
+        return F.cross_entropy(logits, labels)
+
+    def hard_negative_loss(self, query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """Each query against [its positive, its own negatives]: label 0 (negatives are not shared)."""
+        candidates = torch.cat([positive.unsqueeze(1), negatives], dim=1)  # [B, 1+N, D]
+        logits = torch.einsum("bd,bnd->bn", query, candidates) / self.temperature  # [B, 1+N]
+        labels = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+        return F.cross_entropy(logits, labels)
+
+
+def distillation_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """MSE between student vectors and the same-width prefix of the teacher's, summed over the pairs given."""
+    losses = []
+    for s, t in zip(student, teacher):
+        width = min(s.shape[-1], t.shape[-1])
+        t_prefix = F.normalize(t[..., :width].detach().to(s.dtype), dim=-1)
+        losses.append(F.mse_loss(s[..., :width], t_prefix))
+    return torch.stack(losses).sum()

@@ -1,0 +1,100 @@
+"""Turning text into model inputs: one tokenizer wrapper shared by training data and encoding.
+
+Keeping one implementation matters: the data loader (in its worker processes) and ``encode`` at inference
+must produce identical ids, or a model evaluated after training sees inputs it never saw in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def text_hash(text: str) -> int:
+    """A stable 63-bit hash of a text (same on every process and run, unlike Python's ``hash``).
+
+    Used to mask false negatives: two rows whose query (or positive) texts hash alike must not be each
+    other's negatives, also when the rows live on different devices.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class TextTokenizer:
+    """Tokenizes texts the way the backbone expects them, with padding to the longest text only.
+
+    Padding to the longest text in the batch (not to ``max_seq_length``) keeps short texts cheap; the data
+    pipeline adds length bucketing on top so that a batch holds texts of similar length.
+    """
+
+    path: str
+    """Local directory (or file) of a Hugging Face tokenizer."""
+    max_seq_length: int = 512
+    """Texts are truncated to this many tokens, the appended EOS included."""
+    append_eos: bool = False
+    """Append the EOS token (decoders pooled on their last token need it; encoders do not)."""
+
+    def __post_init__(self) -> None:
+        if self.max_seq_length < 2:
+            raise ValueError(f"--data.max_seq_length ({self.max_seq_length}) must be at least 2")
+        self._tok = None
+
+    @property
+    def tokenizer(self):
+        """The Hugging Face tokenizer, loaded lazily so the object pickles cheaply into loader workers."""
+        if self._tok is None:
+            self._tok = load_tokenizer(self.path)
+        return self._tok
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_tok"] = None
+        return state
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenize ``texts`` into right-padded ``input_ids`` and ``attention_mask`` of shape [B, T]."""
+        tok = self.tokenizer
+        eos = tok.eos_token_id if self.append_eos else None
+        if self.append_eos and eos is None:
+            raise ValueError(f"tokenizer at {self.path} has no EOS token, but append_eos is on")
+        budget = self.max_seq_length - (1 if eos is not None else 0)
+        encoded = tok(list(texts), add_special_tokens=True, truncation=True, max_length=budget)["input_ids"]
+        rows = [ids + [eos] if eos is not None else ids for ids in encoded]
+        return pad_right(rows, pad_id=pad_token_id(tok))
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists into ``input_ids`` and ``attention_mask`` tensors of shape [B, T]."""
+    width = max((len(r) for r in rows), default=1)
+    ids = torch.full((len(rows), max(width, 1)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def pad_token_id(tok) -> int:
+    """The tokenizer's pad id, falling back to EOS (decoder tokenizers often have no pad token)."""
+    if tok.pad_token_id is not None:
+        return int(tok.pad_token_id)
+    if tok.eos_token_id is not None:
+        return int(tok.eos_token_id)
+    return 0
+
+
+def load_tokenizer(path: str):
+    """Load a tokenizer from a local path, with an error that names the path when it is not one."""
+    from transformers import AutoTokenizer
+
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"tokenizer path {path!r} does not exist (mlembed loads tokenizers from local paths only: "
+            "set --model.backbone.tokenizer or --model.backbone.pretrained to a directory)"
+        )
+    return AutoTokenizer.from_pretrained(path)
