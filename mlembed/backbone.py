@@ -169,13 +169,17 @@ class Backbone(nn.Module):
         if not 1 <= depth <= full:
             raise ValueError(f"depth {depth} is outside [1, {full}]")
         parent, attr, layers = self._layer_list_location()
+        config = self.model.config
+        saved = {key: getattr(config, key) for key in depth_config(config, depth)}
         setattr(parent, attr, nn.ModuleList(list(layers)[:depth]))
-        self.model.config.num_hidden_layers = depth
+        for key, value in depth_config(config, depth).items():
+            setattr(config, key, value)
         try:
             yield
         finally:
             setattr(parent, attr, layers)
-            self.model.config.num_hidden_layers = full
+            for key, value in saved.items():
+                setattr(config, key, value)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
@@ -208,6 +212,15 @@ class Backbone(nn.Module):
                 hidden = out.hidden_states[layer]  # [B, T, H], before the final norm
                 states[layer] = hidden if norm is None else norm(hidden)
         return states
+
+
+def depth_config(config, depth: int) -> dict[str, Any]:
+    """Config fields that change for a depth-``depth`` model: the layer count and per-layer lists."""
+    changes: dict[str, Any] = {"num_hidden_layers": depth}
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, (list, tuple)):
+        changes["layer_types"] = list(layer_types)[:depth]
+    return changes
 
 
 @contextlib.contextmanager

@@ -1,0 +1,130 @@
+"""Turning a source's samples into batches: length bucketing, hard-negative sampling, tokenized collation."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from mlembed.text import TextTokenizer, text_hash
+
+DEFAULT_NEGATIVES = {"retrieval": 7, "clustering": 9, "classification": 1, "sts": 0, "bitext": 0}
+"""Hard negatives per query by task (the reference's 7 / 9 / 1; none for sts and bitext)."""
+DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
+"""How an instruction is prepended to a query."""
+
+
+def sample_length(sample: dict) -> int:
+    """Bucketing key: characters of the query plus the positive (cheap, and tracks token counts closely)."""
+    return len(sample["query"]) + len(sample["positive"])
+
+
+def bucket_batches(samples: Iterable[dict], batch_size: int, pool_batches: int, rng: random.Random,
+                   drop_last: bool = True) -> Iterator[list[dict]]:
+    """Group samples of similar length into batches.
+
+    Samples are collected into pools of ``batch_size * pool_batches`` (after the shuffle buffer), each pool is
+    sorted by length and cut into batches, and the batches of a pool are emitted in random order so that
+    training does not see a short-to-long trend. ``pool_batches <= 1`` turns bucketing off.
+
+    Args:
+        samples: Decoded samples (dicts with ``query`` and ``positive``), already shuffled.
+        batch_size: Rows per batch.
+        pool_batches: Batches per sorting pool.
+        rng: Source of randomness (ties and batch order), seeded by the caller.
+        drop_last: Drop a final partial batch (finite streams only; infinite streams never have one).
+    """
+    pool: list[dict] = []
+    size = batch_size * max(pool_batches, 1)
+    for sample in samples:
+        pool.append(sample)
+        if len(pool) == size:
+            yield from _cut(pool, batch_size, pool_batches > 1, rng)
+            pool = []
+    if pool:
+        batches = list(_cut(pool, batch_size, pool_batches > 1, rng))
+        yield from (b for b in batches if len(b) == batch_size or not drop_last)
+
+
+def _cut(pool: list[dict], batch_size: int, sort: bool, rng: random.Random) -> Iterator[list[dict]]:
+    if sort:
+        keys = [(sample_length(s), rng.random()) for s in pool]
+        pool = [s for _, s in sorted(zip(keys, pool), key=lambda pair: pair[0])]
+    batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(full)
+    yield from full
+    yield from (b for b in batches if len(b) < batch_size)
+
+
+def pick_negatives(rows: list[dict], n: int, rng: random.Random) -> list[str]:
+    """Choose exactly ``n`` hard negatives for every row (flat, row-major: ``B * n`` texts).
+
+    A row with at least ``n`` negatives gets ``n`` of them without replacement. A row with fewer keeps all of
+    its own and is padded with the positives of OTHER rows of the same batch (never a text equal to its own
+    positive): they come from the same source, so they are plausible negatives, and they keep every row at the
+    same N, which the loss needs. Only when the batch offers nothing else are the row's own negatives repeated.
+    """
+    if n == 0:
+        return []
+    out: list[str] = []
+    for i, row in enumerate(rows):
+        own = [t for t in row["negatives"] if t != row["positive"]]
+        if len(own) >= n:
+            out.extend(rng.sample(own, n))
+            continue
+        others = [r["positive"] for j, r in enumerate(rows) if j != i and r["positive"] != row["positive"]]
+        pool = others or own
+        if not pool:
+            raise ValueError(
+                f"source {row['source']!r}: sample {row['id']!r} has no negatives and its batch offers no other "
+                f"positive to pad {n} hard negatives with (lower the task's num_negatives or the batch size)"
+            )
+        out.extend(own + [rng.choice(pool) for _ in range(n - len(own))])
+    return out
+
+
+@dataclass
+class Collator:
+    """Builds the batch dict of ``mlembed/batch.py`` from the rows of one source."""
+
+    tokenizer: TextTokenizer
+    """Shared tokenizer (pads to the longest text of the batch)."""
+    stage: int = 1
+    """Stage number written into every batch."""
+    instructions: bool = False
+    """Prepend each row's instruction to its query."""
+    templates: dict[str, str] = field(default_factory=dict)
+    """Per-task instruction templates with ``{instruction}`` and ``{query}``; others use DEFAULT_TEMPLATE."""
+    num_negatives: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_NEGATIVES))
+    """Hard negatives per query, per task."""
+
+    def query_text(self, row: dict) -> str:
+        """The query as the model sees it (with the instruction in instruction stages)."""
+        if not self.instructions or not row.get("instruction"):
+            return row["query"]
+        template = self.templates.get(row["task"], DEFAULT_TEMPLATE)
+        return template.format(instruction=row["instruction"], query=row["query"])
+
+    def __call__(self, rows: list[dict], rng: random.Random) -> dict:
+        """Tokenize ``rows`` (all of one source) into a batch; ``rng`` picks the hard negatives."""
+        source, task = rows[0]["source"], rows[0]["task"]
+        if any(r["source"] != source for r in rows):
+            raise ValueError(f"a batch mixes sources {sorted({r['source'] for r in rows})}")
+        n = self.num_negatives.get(task, 0)
+        batch = {
+            "query": self.tokenizer([self.query_text(r) for r in rows]),
+            "positive": self.tokenizer([r["positive"] for r in rows]),
+            "num_negatives": n,
+            "query_hash": torch.tensor([text_hash(r["query"]) for r in rows], dtype=torch.long),
+            "positive_hash": torch.tensor([text_hash(r["positive"]) for r in rows], dtype=torch.long),
+            "task": task,
+            "source": source,
+            "stage": self.stage,
+            "ids": [r["id"] for r in rows],
+        }
+        if n > 0:
+            batch["negatives"] = self.tokenizer(pick_negatives(rows, n, rng))
+        return batch

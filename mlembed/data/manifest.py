@@ -1,0 +1,90 @@
+"""The shard manifest: samples per source, task and shard, plus what was skipped while writing.
+
+The DataModule reads it for mixing weights (sources are drawn in proportion to their size) and for the
+sample counts of finite passes; its presence also marks a finished shard build (it is written last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+"""File name of the manifest inside a shard directory."""
+
+
+@dataclass
+class ShardInfo:
+    """One finished shard."""
+
+    path: str
+    """File name, relative to the manifest's directory."""
+    source: str
+    """The one source every sample of the shard comes from."""
+    task: str
+    """The task of that source."""
+    samples: int
+    """Number of samples in the shard."""
+
+
+@dataclass
+class Manifest:
+    """Everything the loader needs to know about a directory of shards without opening them."""
+
+    shards: list[ShardInfo] = field(default_factory=list)
+    """Every finished shard, in writing order."""
+    invalid: int = 0
+    """Records skipped with ``--skip-invalid``."""
+    invalid_reasons: dict[str, int] = field(default_factory=dict)
+    """Skipped records per reason (the reason text without file and line)."""
+    invalid_examples: list[str] = field(default_factory=list)
+    """The first few skipped records as ``file:line: reason``."""
+
+    def sources(self) -> dict[str, dict]:
+        """``{source: {"task", "samples", "shards": [paths]}}`` summed over shards."""
+        out: dict[str, dict] = {}
+        for shard in self.shards:
+            entry = out.setdefault(shard.source, {"task": shard.task, "samples": 0, "shards": []})
+            entry["samples"] += shard.samples
+            entry["shards"].append(shard.path)
+        return out
+
+    def tasks(self) -> dict[str, int]:
+        """Samples per task."""
+        out: dict[str, int] = {}
+        for shard in self.shards:
+            out[shard.task] = out.get(shard.task, 0) + shard.samples
+        return out
+
+    def to_json(self) -> dict:
+        """The manifest as written to disk (sources and tasks included for people reading it)."""
+        data = asdict(self)
+        data["sources"] = self.sources()
+        data["tasks"] = self.tasks()
+        data["samples"] = sum(s.samples for s in self.shards)
+        return data
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``manifest.json`` atomically (temporary file, then rename) and return its path."""
+        path = Path(directory) / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Manifest:
+        """Read ``directory/manifest.json``."""
+        path = Path(directory) / MANIFEST_NAME
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: a shard directory without a manifest is an unfinished build "
+                "(rerun `python -m mlembed shards`), or pass shard patterns instead of the directory"
+            )
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(
+            shards=[ShardInfo(**s) for s in data["shards"]], invalid=data.get("invalid", 0),
+            invalid_reasons=data.get("invalid_reasons", {}), invalid_examples=data.get("invalid_examples", []),
+        )

@@ -1,0 +1,153 @@
+"""One training record: its fields, their validation, and reading records from JSONL or parquet files.
+
+A record is ``{id?, query, positive, negatives: [...], instruction?, source, task}``. Every error names the
+file and line (parquet: the 1-based row) so a bad record in a 10 GB file can be found and fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mlembed.batch import TASKS
+
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+"""Source names become shard file names, so they may not hold slashes, spaces or other odd characters."""
+
+
+class RecordError(ValueError):
+    """A record that cannot be used, with the file and line it came from."""
+
+    def __init__(self, file: str, line: int, reason: str):
+        super().__init__(f"{file}:{line}: {reason}")
+        self.file = file
+        self.line = line
+        self.reason = reason
+
+
+@dataclass
+class Record:
+    """A validated training sample (the unit written to shards and read back by the loader)."""
+
+    id: str
+    """Unique sample id (defaults to ``<file name>:<line>`` when the input has none)."""
+    query: str
+    """The query text, without any instruction."""
+    positive: str
+    """The matching document."""
+    source: str
+    """Source dataset name; every batch comes from one source."""
+    task: str
+    """One of ``mlembed.batch.TASKS``."""
+    negatives: list[str] = field(default_factory=list)
+    """Mined hard negatives (may be empty)."""
+    instruction: str | None = None
+    """Task instruction prepended to the query in stages that use instructions."""
+
+    def to_json(self) -> dict:
+        """The record as a JSON-ready dict."""
+        return asdict(self)
+
+
+def _text(obj: dict, key: str, file: str, line: int) -> str:
+    if key not in obj or obj[key] is None:
+        raise RecordError(file, line, f"missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise RecordError(file, line, f"field {key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise RecordError(file, line, f"field {key!r} is empty")
+    return value
+
+
+def _negatives(obj: dict, file: str, line: int) -> list[str]:
+    if "negatives" not in obj or obj["negatives"] is None:
+        raise RecordError(file, line, "missing field 'negatives' (use [] for none)")
+    values = obj["negatives"]
+    if not isinstance(values, (list, tuple)) and not hasattr(values, "tolist"):
+        raise RecordError(file, line, f"field 'negatives' must be a list of strings, got {type(values).__name__}")
+    values = list(values.tolist() if hasattr(values, "tolist") else values)
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise RecordError(file, line, f"negatives[{i}] must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise RecordError(file, line, f"negatives[{i}] is empty")
+    return values
+
+
+def parse_record(obj: object, file: str, line: int) -> Record:
+    """Validate one decoded record.
+
+    Args:
+        obj: The decoded JSON object (or parquet row as a dict).
+        file: Input file name, for error messages.
+        line: 1-based line (or row) number, for error messages.
+
+    Raises:
+        RecordError: a missing or empty field, a wrong type, an unknown task or an unusable source name.
+    """
+    if not isinstance(obj, dict):
+        raise RecordError(file, line, f"a record must be a JSON object, got {type(obj).__name__}")
+    task = _text(obj, "task", file, line)
+    if task not in TASKS:
+        raise RecordError(file, line, f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+    source = _text(obj, "source", file, line)
+    if not SOURCE_NAME.match(source):
+        raise RecordError(file, line, f"source {source!r} may only hold letters, digits and _.+-")
+    instruction = obj.get("instruction")
+    if instruction is not None:
+        instruction = _text(obj, "instruction", file, line)
+    rid = obj.get("id")
+    if rid is None:
+        rid = f"{Path(file).name}:{line}"
+    elif not isinstance(rid, str) or not rid:
+        raise RecordError(file, line, f"field 'id' must be a non-empty string, got {rid!r}")
+    return Record(
+        id=rid, query=_text(obj, "query", file, line), positive=_text(obj, "positive", file, line),
+        source=source, task=task, negatives=_negatives(obj, file, line), instruction=instruction,
+    )
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]:
+    """Yield ``(line, record)`` for every record of a JSONL or parquet file; bad ones as ``RecordError``.
+
+    Errors are yielded rather than raised so the caller decides between failing and skipping (and counting).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--input {path}: no such file")
+    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    for line, obj in rows:
+        if isinstance(obj, RecordError):
+            yield line, obj
+            continue
+        try:
+            yield line, parse_record(obj, str(path), line)
+        except RecordError as err:
+            yield line, err
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue  # blank lines (a trailing newline) are not records
+            try:
+                yield line, json.loads(text)
+            except json.JSONDecodeError as err:
+                yield line, RecordError(str(path), line, f"bad JSON: {err.msg} (column {err.colno})")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, object]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:  # pragma: no cover - pyarrow is a dev extra
+        raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from err
+    line = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            line += 1
+            yield line, row

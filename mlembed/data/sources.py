@@ -1,0 +1,93 @@
+"""Resolving shard locations (directories with a manifest, brace patterns, URLs) into named sources."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webdataset.shardlists import expand_urls
+
+from mlembed.data.manifest import MANIFEST_NAME, Manifest
+
+_SHARD_NAME = re.compile(r"^(?P<source>.+)-\d+\.tar$")
+
+
+@dataclass
+class ShardSource:
+    """One source dataset: the shards that hold it and how often it is drawn."""
+
+    name: str
+    """Source name (the ``source`` field of its samples)."""
+    urls: list[str] = field(default_factory=list)
+    """Shard paths or URLs, in a fixed order."""
+    samples: int | None = None
+    """Number of samples, when a manifest says so."""
+    weight: float = 0.0
+    """Relative probability of drawing a batch from this source."""
+
+
+def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: str) -> list[ShardSource]:
+    """Turn shard specs into sources with weights.
+
+    Args:
+        specs: Each a local directory holding ``manifest.json``, a ``source=pattern`` pair, or a pattern / URL
+            (``data/wiki-{000000..000009}.tar``, ``pipe:curl -s URL``) whose file names end in
+            ``<source>-<digits>.tar`` (the names ``mlembed shards`` writes).
+        weights: Optional source -> weight; overrides the manifest sizes for the sources it names.
+        flag: The CLI flag the specs came from (``--data.stage1``), for error messages.
+
+    Returns:
+        The sources sorted by name, every one with a positive weight.
+    """
+    found: dict[str, ShardSource] = {}
+    for spec in specs:
+        for name, urls, samples in _expand(spec, flag):
+            source = found.setdefault(name, ShardSource(name))
+            source.urls.extend(urls)
+            if samples is not None:
+                source.samples = (source.samples or 0) + samples
+    if not found:
+        raise ValueError(f"{flag}.shards is empty: give at least one shard directory or pattern")
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(found))
+    if unknown:
+        raise ValueError(f"{flag}.weights names unknown sources {unknown} (known: {sorted(found)})")
+    for name, source in found.items():
+        if name in weights:
+            source.weight = float(weights[name])
+            if source.weight < 0:
+                raise ValueError(f"{flag}.weights[{name}] ({source.weight}) must not be negative")
+        elif source.samples is not None:
+            source.weight = float(source.samples)
+        else:
+            raise ValueError(f"{flag}.weights needs a weight for source {name!r} (its shards have no manifest)")
+    chosen = [found[n] for n in sorted(found) if found[n].weight > 0]
+    if not chosen:
+        raise ValueError(f"{flag}.weights leaves no source with a positive weight")
+    return chosen
+
+
+def _expand(spec: str, flag: str):
+    """Yield ``(source, urls, samples)`` for one spec."""
+    if "=" in spec and not spec.startswith("pipe:") and "://" not in spec.split("=", 1)[0]:
+        name, pattern = spec.split("=", 1)
+        yield name, expand_urls(pattern), None
+        return
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).exists():
+            raise FileNotFoundError(f"{flag}.shards: {path} has no {MANIFEST_NAME} (unfinished shard build?)")
+        for name, entry in Manifest.load(path).sources().items():
+            yield name, [str(path / p) for p in entry["shards"]], entry["samples"]
+        return
+    grouped: dict[str, list[str]] = {}
+    for url in expand_urls(spec):
+        match = _SHARD_NAME.match(url.rstrip("/").split("/")[-1].split()[-1])
+        if not match:
+            raise ValueError(
+                f"{flag}.shards: cannot tell the source of {url!r}; name it as 'source=pattern' "
+                "or use files named <source>-<digits>.tar"
+            )
+        grouped.setdefault(match["source"], []).append(url)
+    yield from ((name, urls, None) for name, urls in grouped.items())
