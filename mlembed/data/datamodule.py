@@ -1,0 +1,175 @@
+"""The streaming LightningDataModule: two training stages in one ``fit``, held-out validation per source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from mlembed.batch import TASKS
+from mlembed.data.batching import DEFAULT_NEGATIVES, DEFAULT_TEMPLATE, Collator
+from mlembed.data.loader import ResumableLoader
+from mlembed.data.sources import resolve_sources
+from mlembed.data.stream import EpochStream, StagePlan, TrainStream
+from mlembed.text import TextTokenizer
+
+
+@dataclass
+class StageSettings:
+    """One training stage: its shards, length, batch size, mixing and instruction handling."""
+
+    shards: list[str] = field(default_factory=list)
+    """Shard directories (holding manifest.json), ``source=pattern`` pairs, or patterns / URLs named
+    ``<source>-<digits>.tar`` (``data/wiki-{000000..000009}.tar``, ``pipe:curl -s URL``)."""
+    steps: int = 0
+    """Training batches drawn in this stage (0 skips it)."""
+    batch_size: int = 32
+    """Rows per batch, per device."""
+    weights: dict[str, float] | None = None
+    """Source -> mixing weight; defaults to the manifest's sample counts (required for shards without one)."""
+    instructions: bool = False
+    """Prepend each sample's instruction to its query (stage 2 of the method; stage 1 runs without)."""
+    templates: dict[str, str] = field(default_factory=dict)
+    """Task -> template with ``{instruction}`` and ``{query}``; default ``Instruct: {instruction}\\nQuery: {query}``."""
+    num_negatives: dict[str, int] = field(default_factory=dict)
+    """Task -> hard negatives per query; unset tasks use 7 retrieval, 9 clustering, 1 classification, 0 others."""
+    val_shards: list[str] = field(default_factory=list)
+    """Held-out shards of this stage, validated once per validation run (same forms as ``shards``)."""
+    val_batch_size: int | None = None
+    """Rows per validation batch (default: ``batch_size``)."""
+
+    def check(self, flag: str) -> None:
+        """Validate, naming the CLI flag (``--data.stage1``) in every error."""
+        if self.steps < 0:
+            raise ValueError(f"{flag}.steps ({self.steps}) must not be negative")
+        if self.steps > 0 and not self.shards:
+            raise ValueError(f"{flag}.shards is empty but {flag}.steps is {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"{flag}.batch_size ({self.batch_size}) must be at least 1")
+        if self.val_batch_size is not None and self.val_batch_size < 1:
+            raise ValueError(f"{flag}.val_batch_size ({self.val_batch_size}) must be at least 1")
+        for task, n in self.num_negatives.items():
+            if task not in TASKS:
+                raise ValueError(f"{flag}.num_negatives names unknown task {task!r} (tasks: {', '.join(TASKS)})")
+            if n < 0:
+                raise ValueError(f"{flag}.num_negatives[{task}] ({n}) must not be negative")
+        for task, template in self.templates.items():
+            if task not in TASKS:
+                raise ValueError(f"{flag}.templates names unknown task {task!r}")
+            if "{query}" not in template:
+                raise ValueError(f"{flag}.templates[{task}] must contain {{query}}: {template!r}")
+
+
+@dataclass
+class LoaderSettings:
+    """How batches are streamed (shared by both stages)."""
+
+    seed: int = 0
+    """Seed of shuffling, source mixing and negative sampling (same run + seed = same batches)."""
+    num_workers: int = 0
+    """Loader worker processes per device (tokenization runs in them). Keep it fixed across a resume."""
+    shuffle_buffer: int = 1000
+    """Samples held in each source stream's shuffle buffer."""
+    bucket_batches: int = 16
+    """Batches per length-bucketing pool: samples are sorted by length within a pool of this many batches
+    before being cut into batches (1 turns bucketing off)."""
+
+    def check(self, flag: str = "--data.loader") -> None:
+        """Validate, naming the CLI flag in every error."""
+        if self.num_workers < 0:
+            raise ValueError(f"{flag}.num_workers ({self.num_workers}) must not be negative")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"{flag}.shuffle_buffer ({self.shuffle_buffer}) must be at least 1")
+        if self.bucket_batches < 1:
+            raise ValueError(f"{flag}.bucket_batches ({self.bucket_batches}) must be at least 1")
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Streams homogeneous, length-bucketed, tokenized batches from webdataset shards in two stages.
+
+    Stage 1 (``stage1.steps`` batches) then stage 2 (``stage2.steps``) run in one ``fit``; ``total_steps``
+    is their sum, the value for ``trainer.max_steps`` (optimizer steps times ``accumulate_grad_batches``).
+    Every batch carries ``stage`` and ``source`` (see ``mlembed/batch.py``).
+    """
+
+    def __init__(self, stage1: StageSettings, stage2: StageSettings | None = None,
+                 loader: LoaderSettings | None = None, tokenizer: TextTokenizer | None = None):
+        """Args:
+            stage1: The retrieval pre-heat stage.
+            stage2: The multi-task stage with instructions (optional).
+            loader: Streaming settings.
+            tokenizer: The model's tokenizer (the CLI links it from the model; tests pass one).
+        """
+        super().__init__()
+        self.stage1, self.stage2 = stage1, stage2
+        self.loader = loader or LoaderSettings()
+        self.tokenizer = tokenizer
+        self.stage1.check("--data.stage1")
+        if self.stage2 is not None:
+            self.stage2.check("--data.stage2")
+        self.loader.check()
+        if self.total_steps < 1:
+            raise ValueError("--data.stage1.steps + --data.stage2.steps must be at least 1")
+
+    @property
+    def stages(self) -> list[tuple[int, StageSettings]]:
+        """``(number, settings)`` of the configured stages."""
+        return [(1, self.stage1)] + ([(2, self.stage2)] if self.stage2 is not None else [])
+
+    @property
+    def total_steps(self) -> int:
+        """Training batches of both stages: link to ``trainer.max_steps``."""
+        return sum(s.steps for _, s in self.stages)
+
+    def stage_at(self, step: int) -> int:
+        """The stage of global batch ``step``."""
+        return 1 if step < self.stage1.steps else 2
+
+    def _collator(self, number: int, settings: StageSettings) -> Collator:
+        if self.tokenizer is None:
+            raise ValueError("ShardDataModule has no tokenizer: link it from the model (--data.tokenizer)")
+        return Collator(
+            self.tokenizer, stage=number, instructions=settings.instructions,
+            templates={t: settings.templates.get(t, DEFAULT_TEMPLATE) for t in TASKS},
+            num_negatives={**DEFAULT_NEGATIVES, **settings.num_negatives},
+        )
+
+    def plans(self, val: bool = False) -> list[StagePlan]:
+        """The stage plans for training (``val=False``) or validation."""
+        out = []
+        for number, settings in self.stages:
+            specs = settings.val_shards if val else settings.shards
+            if not specs or (not val and settings.steps == 0):
+                continue
+            flag = f"--data.stage{number}"
+            sources = resolve_sources(specs, None if val else settings.weights, flag)
+            batch_size = (settings.val_batch_size or settings.batch_size) if val else settings.batch_size
+            out.append(StagePlan(number, settings.steps, batch_size, sources, self._collator(number, settings)))
+        return out
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_stream(self, rank: int = 0, world: int = 1) -> TrainStream:
+        """The training stream of one rank (tests build several to simulate ranks)."""
+        return TrainStream(
+            self.plans(), seed=self.loader.seed, workers=self.loader.num_workers, rank=rank, world=world,
+            shuffle_buffer=self.loader.shuffle_buffer, bucket_batches=self.loader.bucket_batches,
+        )
+
+    def val_stream(self, rank: int = 0, world: int = 1) -> EpochStream:
+        """One pass over the held-out shards of both stages."""
+        return EpochStream(self.plans(val=True), rank=rank, world=world,
+                           bucket_batches=self.loader.bucket_batches, seed=self.loader.seed)
+
+    def train_dataloader(self) -> ResumableLoader:
+        rank, world = self._rank()
+        return ResumableLoader(self.train_stream(rank, world), num_workers=self.loader.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not any(s.val_shards for _, s in self.stages):
+            return []
+        rank, world = self._rank()
+        return DataLoader(self.val_stream(rank, world), batch_size=None, num_workers=self.loader.num_workers)

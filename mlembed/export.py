@@ -1,0 +1,394 @@
+"""Export a trained model at one (rank, depth, dim) point of its 3D Matryoshka grid.
+
+Two layouts (``--mode``):
+
+- ``compat``: an ordinary Hugging Face model directory (the MEL factors multiplied back into a dense embedding
+  matrix, the layers above ``depth`` dropped) that ``transformers.AutoModel`` loads without mlembed, plus the
+  sentence-transformers files, so ``SentenceTransformer(DIR)`` embeds exactly like mlembed.
+- ``efficiency``: the factors ``A[:, :k]`` and ``B[:k]`` instead of the dense matrix (``k x (vocab + hidden)``
+  numbers instead of ``vocab x hidden``); only ``mlembed.load`` reads it.
+
+Both hold the tokenizer and ``mlembed.json`` (the point and how texts are turned into vectors), from which
+``mlembed.load(DIR)`` rebuilds the encoder. The export is written into a temporary directory next to the
+target and renamed at the end, so a crash never leaves a half-written export and an existing one is untouched
+until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mlembed.axes.mel import FactorizedEmbedding
+from mlembed.module import EmbeddingModule
+from mlembed.pooling import ClsPooling, LastTokenPooling, MeanPooling
+
+MANIFEST = "mlembed.json"
+"""The file that marks a directory as an mlembed export and records its point."""
+FACTORIZED_WEIGHTS = "model.factorized.safetensors"
+"""Efficiency-mode weights: the backbone with its token embedding as MEL factors. Not named model.safetensors on
+purpose: a plain ``AutoModel.from_pretrained`` must fail on it rather than silently use a random embedding."""
+MODES = ("compat", "efficiency")
+
+#: sentence-transformers' name of each pooling mlembed can export.
+ST_POOLING = {LastTokenPooling: "lasttoken", MeanPooling: "mean", ClsPooling: "cls"}
+#: The legacy (sentence-transformers 2.x - 6.x) pooling-config key of each mode.
+ST_POOLING_KEYS = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens",
+                   "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "lasttoken": "lasttoken"}
+#: Probe texts whose token ids must match between mlembed and the exported tokenizer.
+PROBES = ("Hello world", "Où est la gare ?", "a " * 600)
+
+
+@dataclass
+class Manifest:
+    """What ``mlembed.json`` records: the exported point and how texts become vectors."""
+
+    mode: str
+    rank: int | None
+    """MEL rank of the token embedding (None: the model was trained without MEL)."""
+    depth: int
+    dim: int
+    hidden_size: int
+    pooling: str
+    """Dotted path of the mlembed pooling class."""
+    instruction_template: str
+    max_seq_length: int
+    append_eos: bool
+    """Whether the texts end with EOS (last-token pooling); the exported tokenizer appends it by itself."""
+    eos_in_tokenizer: bool
+    """True when the saved tokenizer's post-processor appends the EOS (so loaders must not add another)."""
+    ranks: list[int] = field(default_factory=list)
+    """Trained MEL ranks up to ``rank`` (the efficiency export serves all of them)."""
+    depths: list[int] = field(default_factory=list)
+    """Trained MLL depths up to ``depth``."""
+    dims: list[int] = field(default_factory=list)
+    """Trained MRL dims up to ``dim``."""
+    format_version: int = 1
+
+    def write(self, directory: Path) -> None:
+        """Write ``mlembed.json`` into ``directory``."""
+        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        """Read ``mlembed.json`` of an export, naming the path when it is missing or unreadable."""
+        path = Path(directory) / MANIFEST
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{directory} is not an mlembed export: {path} is missing") from err
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ValueError(f"{path} is not a valid mlembed export manifest: {err}") from err
+
+
+@dataclass(frozen=True)
+class Point:
+    """A resolved (rank, depth, dim) point; rank is None when MEL is off."""
+
+    rank: int | None
+    depth: int
+    dim: int
+
+
+# -- public API -------------------------------------------------------------------------------------
+def export(
+    source: EmbeddingModule | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    mode: str = "compat",
+    rank: int | None = None,
+    depth: int | None = None,
+    dim: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export ``source`` (a module or a Lightning checkpoint path) at (rank, depth, dim) into ``out_dir``.
+
+    Args:
+        source: a trained EmbeddingModule, or the path of its Lightning checkpoint.
+        out_dir: the export directory; it must not exist or be empty unless ``overwrite``.
+        mode: ``compat`` (dense Hugging Face + sentence-transformers directory) or ``efficiency`` (MEL factors).
+        rank: MEL rank k (default: the trained maximum; must be None when MEL is off).
+        depth: number of layers kept (default: all).
+        dim: embedding size D (MRL prefix; default: the hidden size).
+        overwrite: replace a non-empty ``out_dir``.
+
+    Returns:
+        The export directory.
+    """
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r} must be one of {MODES}")
+    out = Path(out_dir)
+    _check_target(out, overwrite)
+    module = source if isinstance(source, EmbeddingModule) else _load_module(source)
+    module.configure_model()
+    point = resolve_point(module, rank=rank, depth=depth, dim=dim)
+    if mode == "efficiency" and point.rank is None:
+        raise ValueError("--mode efficiency needs MEL factors, but the model was trained with MEL off: use --mode compat")
+    if mode == "compat":
+        _pooling_mode(module)  # fail before writing anything when sentence-transformers cannot express it
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        with deployable(module, point, dense=mode == "compat") as model:
+            if mode == "compat":
+                model.save_pretrained(staging)
+                _write_sentence_transformers(module, point, staging)
+            else:
+                _write_factorized(model, staging)
+        eos_in_tokenizer = _write_tokenizer(module, staging)
+        _manifest(module, point, mode, eos_in_tokenizer).write(staging)
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_point(module: EmbeddingModule, *, rank: int | None, depth: int | None, dim: int | None) -> Point:
+    """Fill in defaults (full rank, depth, width) and check each value against the model, naming its flag."""
+    factors = module.factorized_embedding
+    if factors is None and rank is not None:
+        raise ValueError(f"--rank {rank} given, but the model was trained with MEL off (no factors): leave --rank out")
+    if factors is not None:
+        rank = factors.max_rank if rank is None else rank
+        if not 1 <= rank <= factors.max_rank:
+            raise ValueError(f"--rank {rank} is outside [1, {factors.max_rank}] (the trained maximum rank)")
+    full_depth, hidden = module.backbone.depth, module.backbone.hidden_size
+    depth = full_depth if depth is None else depth
+    if not 1 <= depth <= full_depth:
+        raise ValueError(f"--depth {depth} is outside [1, {full_depth}] (the model's number of layers)")
+    dim = hidden if dim is None else dim
+    if not 1 <= dim <= hidden:
+        raise ValueError(f"--dim {dim} is outside [1, {hidden}] (the model's hidden size)")
+    return Point(rank, depth, dim)
+
+
+@contextlib.contextmanager
+def deployable(module: EmbeddingModule, point: Point, *, dense: bool) -> Iterator[nn.Module]:
+    """The module's Hugging Face model as deployed at ``point``, without copying any layer.
+
+    Inside the context the model has ``point.depth`` layers (config included) and a token embedding at
+    ``point.rank``: a dense ``nn.Embedding`` (``dense``) or factors truncated to the rank. Everything is
+    restored on exit, so the module keeps training or evaluating as before.
+    """
+    model, backbone = module.backbone.model, module.backbone
+    original = model.get_input_embeddings()
+    layer_types = getattr(model.config, "layer_types", None)
+    with backbone.truncated(point.depth):
+        try:
+            # Per-layer config lists must match num_hidden_layers, or transformers rejects the saved config.
+            if isinstance(layer_types, list):
+                model.config.layer_types = layer_types[: point.depth]
+            model.set_input_embeddings(_embedding_at(original, point.rank, dense))
+            yield model
+        finally:
+            model.set_input_embeddings(original)
+            if isinstance(layer_types, list):
+                model.config.layer_types = layer_types
+
+
+# -- pieces of an export ----------------------------------------------------------------------------
+@torch.no_grad()
+def _embedding_at(embedding: nn.Module, rank: int | None, dense: bool) -> nn.Module:
+    """The token embedding at ``rank``: dense matrix A_k B_k, or factors cut to k (detached copies)."""
+    if not isinstance(embedding, FactorizedEmbedding):
+        return embedding  # MEL off: the ordinary matrix is already what gets deployed
+    if dense:
+        return nn.Embedding.from_pretrained(embedding.materialize(rank).detach().clone(), freeze=False)
+    vocab, hidden = embedding.A.shape[0], embedding.B.shape[1]
+    cut = FactorizedEmbedding(vocab, hidden, rank, dtype=embedding.A.dtype)
+    cut.A.copy_(embedding.A[:, :rank])
+    cut.B.copy_(embedding.B[:rank])
+    cut.initialized.fill_(True)
+    return cut
+
+
+def _write_factorized(model: nn.Module, directory: Path) -> None:
+    """Efficiency mode: the config and every weight, the token embedding as its factors A and B."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(directory)
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(directory / FACTORIZED_WEIGHTS), metadata={"format": "pt", "mlembed": "factorized"})
+
+
+def _write_tokenizer(module: EmbeddingModule, directory: Path) -> bool:
+    """Save the tokenizer so that it alone yields mlembed's token ids; returns whether it appends the EOS.
+
+    mlembed appends the EOS itself for last-token pooling; sentence-transformers and plain transformers only
+    run the tokenizer, so the saved tokenizer's post-processor appends it instead (truncation then keeps room
+    for it, as mlembed does). The result is checked against mlembed's own tokenization on a few probes.
+    """
+    from mlembed.text import load_tokenizer
+
+    text_tokenizer = module.text_tokenizer
+    tok = load_tokenizer(text_tokenizer.path)  # a fresh copy: the module's own tokenizer stays as it is
+    tok.padding_side = "right"  # positions of right-padded rows match mlembed's (it right-pads)
+    tok.model_max_length = text_tokenizer.max_seq_length
+    if text_tokenizer.append_eos:
+        _append_eos_in_post_processor(tok, text_tokenizer.path)
+    expected = text_tokenizer(list(PROBES))
+    got = tok(list(PROBES), truncation=True, max_length=text_tokenizer.max_seq_length, padding=True,
+              return_tensors="pt")
+    if not torch.equal(expected["input_ids"][expected["attention_mask"].bool()],
+                       got["input_ids"][got["attention_mask"].bool()]):
+        raise RuntimeError(f"the exported tokenizer of {text_tokenizer.path} does not reproduce mlembed's token ids")
+    tok.save_pretrained(directory)
+    return text_tokenizer.append_eos
+
+
+def _append_eos_in_post_processor(tok, path: str) -> None:
+    from tokenizers import processors
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or tok.eos_token is None:
+        raise ValueError(f"cannot export the tokenizer at {path}: last-token pooling needs a fast tokenizer with EOS")
+    eos = tok.eos_token
+    appender = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tok.eos_token_id)]
+    )
+    existing = backend.post_processor
+    backend.post_processor = appender if existing is None else processors.Sequence([existing, appender])
+
+
+def _pooling_mode(module: EmbeddingModule) -> str:
+    mode = ST_POOLING.get(type(module.pooling))
+    if mode is None:
+        raise ValueError(
+            f"--mode compat: pooling {type(module.pooling).__name__} has no sentence-transformers equivalent "
+            "(supported: LastTokenPooling, MeanPooling, ClsPooling); use --mode efficiency"
+        )
+    return mode
+
+
+def _write_sentence_transformers(module: EmbeddingModule, point: Point, directory: Path) -> None:
+    """The sentence-transformers layout: Transformer (root) -> Pooling -> Normalize, truncate_dim = dim.
+
+    The module-type names and files are the long-standing ones that sentence-transformers 2.x to 6.x all read.
+    Note that sentence-transformers normalises BEFORE it truncates to ``truncate_dim``: below the hidden size
+    its vectors point the same way as mlembed's (same cosine similarities) and equal them after re-normalising
+    (``encode(..., normalize_embeddings=True)``).
+    """
+    hidden = module.backbone.hidden_size
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    mode = _pooling_mode(module)
+    pooling = {"word_embedding_dimension": hidden}
+    pooling |= {f"pooling_mode_{key}": name == mode for name, key in ST_POOLING_KEYS.items()}
+    config = {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None}
+    if point.dim < hidden:
+        config["truncate_dim"] = point.dim
+    files = {
+        "modules.json": modules,
+        "sentence_bert_config.json": {"max_seq_length": module.text_tokenizer.max_seq_length, "do_lower_case": False},
+        "config_sentence_transformers.json": config,
+        "1_Pooling/config.json": pooling,
+        "2_Normalize/config.json": {},
+    }
+    for name, content in files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def _manifest(module: EmbeddingModule, point: Point, mode: str, eos_in_tokenizer: bool) -> Manifest:
+    trained = module.points()
+    pooling = type(module.pooling)
+    return Manifest(
+        mode=mode,
+        rank=point.rank,
+        depth=point.depth,
+        dim=point.dim,
+        hidden_size=module.backbone.hidden_size,
+        pooling=f"{pooling.__module__}.{pooling.__qualname__}",
+        instruction_template=module.instruction_template,
+        max_seq_length=module.text_tokenizer.max_seq_length,
+        append_eos=module.text_tokenizer.append_eos,
+        eos_in_tokenizer=eos_in_tokenizer,
+        ranks=[r for r in trained.ranks if r is not None and r <= (point.rank or 0)],
+        depths=[d for d in trained.depths if d <= point.depth],
+        dims=[d for d in trained.dims if d <= point.dim],
+    )
+
+
+# -- files and directories --------------------------------------------------------------------------
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"--out {out} exists and is not empty: pass --overwrite to replace it")
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move the finished export into place; an existing ``out`` is set aside first and removed last."""
+    aside = None
+    if out.exists():
+        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(aside)
+    try:
+        staging.rename(out)
+    except BaseException:
+        if aside is not None:
+            aside.rename(out)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _load_module(path: str | os.PathLike) -> EmbeddingModule:
+    from mlembed.load import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def directory_bytes(directory: str | os.PathLike) -> int:
+    """Total size in bytes of the files under ``directory``."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+# -- command line -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m mlembed export`` argument parser."""
+    parser = argparse.ArgumentParser(prog="mlembed export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of an EmbeddingModule")
+    parser.add_argument("--out", required=True, help="export directory (must not exist or be empty)")
+    parser.add_argument("--mode", choices=MODES, default="compat",
+                        help="compat: dense Hugging Face + sentence-transformers dir; efficiency: MEL factors")
+    parser.add_argument("--rank", type=int, default=None, help="MEL rank k (default: the trained maximum)")
+    parser.add_argument("--depth", type=int, default=None, help="layers kept (default: all)")
+    parser.add_argument("--dim", type=int, default=None, help="embedding size D (default: the hidden size)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mlembed export``; returns the exit status (errors are printed, not raised)."""
+    args = build_parser().parse_args(argv)
+    try:
+        out = export(args.ckpt, args.out, mode=args.mode, rank=args.rank, depth=args.depth, dim=args.dim,
+                     overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"mlembed export: error: {err}", file=sys.stderr)
+        return 2
+    manifest = Manifest.read(out)
+    print(f"exported {args.mode} model (rank={manifest.rank}, depth={manifest.depth}, dim={manifest.dim}) to {out} "
+          f"({directory_bytes(out) / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
