@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlembed.paths import resolve_path
+
 #: Attribute names under which architectures keep the norm applied after their last layer.
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
 
@@ -46,11 +48,15 @@ class BackboneConfig:
     """Seed of the random initialisation when ``config`` is given without ``pretrained``."""
 
     def __post_init__(self) -> None:
+        if self.pretrained is not None:
+            self.pretrained = resolve_path(self.pretrained, "--model.backbone.pretrained")
+        if self.tokenizer is not None:
+            self.tokenizer = resolve_path(self.tokenizer, "--model.backbone.tokenizer")
         if self.pretrained is None and self.config is None:
             raise ValueError("set --model.backbone.pretrained (a local model directory) or --model.backbone.config")
         if self.config is not None and self.pretrained is None and "model_type" not in self.config:
             raise ValueError("--model.backbone.config needs a 'model_type' (e.g. qwen3, bert) to build a model")
-        if self.pretrained is not None and "://" not in self.pretrained and not Path(self.pretrained).exists():
+        if self.pretrained is not None and not Path(self.pretrained).exists():
             raise FileNotFoundError(
                 f"--model.backbone.pretrained {self.pretrained!r} is not a local directory "
                 "(mlembed never downloads: point it at a saved model)"

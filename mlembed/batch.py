@@ -36,3 +36,17 @@ paraphrase pairs (sts) are retrieval-shaped (one correct partner among many), so
 def uses_in_batch_negatives(task: str) -> bool:
     """Whether the in-batch InfoNCE term applies to a batch of this task type."""
     return task in IN_BATCH_TASKS
+
+
+def count_texts(batch: dict) -> int:
+    """Texts embedded by a batch (queries, positives and negatives): the unit of ThroughputMonitor's samples."""
+    total = int(batch["query"]["input_ids"].shape[0]) + int(batch["positive"]["input_ids"].shape[0])
+    if "negatives" in batch:
+        total += int(batch["negatives"]["input_ids"].shape[0])
+    return total
+
+
+def count_tokens(batch: dict) -> int:
+    """Real (unpadded) tokens of a batch, for tokens/s."""
+    parts = [batch[key]["attention_mask"] for key in ("query", "positive", "negatives") if key in batch]
+    return int(sum(int(mask.sum()) for mask in parts))

@@ -140,6 +140,7 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export gets the usual permissions
         with deployable(module, point, dense=mode == "compat") as model:
             if mode == "compat":
                 model.save_pretrained(staging)
@@ -333,6 +334,12 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out} exists and is not empty: pass --overwrite to replace it")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _replace(staging: Path, out: Path) -> None:
     """Move the finished export into place; an existing ``out`` is set aside first and removed last."""
     aside = None
@@ -350,7 +357,7 @@ def _replace(staging: Path, out: Path) -> None:
 
 
 def _load_module(path: str | os.PathLike) -> EmbeddingModule:
-    from mlembed.load import load_checkpoint
+    from mlembed.loading import load_checkpoint
 
     return load_checkpoint(path)
 

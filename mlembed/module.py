@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -19,7 +20,7 @@ from mlembed.optim import OptimizerConfig
 from mlembed.pooling import LastTokenPooling, MeanPooling, Pooling
 from mlembed.text import TextTokenizer
 
-DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {text}"
+DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
 
 
 class EmbeddingModule(LightningModule):
@@ -33,7 +34,10 @@ class EmbeddingModule(LightningModule):
         mrl: embedding prefixes that get a loss (width axis).
         loss: the base contrastive loss the axes wrap.
         optimizer: AdamW and its cosine schedule.
-        instruction_template: how an instruction is put before a query (``{instruction}``, ``{text}``).
+        instruction_template: how an instruction is put before a query (``{instruction}``, ``{query}``).
+        on_nonfinite: a NaN/inf training loss either stops the run with a message naming the step and batch
+            (``raise``), or skips that step's update and counts it in ``train/nonfinite_skipped`` (``skip``;
+            single-device only: under DDP a skip on one rank would leave the others waiting).
     """
 
     def __init__(
@@ -46,12 +50,17 @@ class EmbeddingModule(LightningModule):
         loss: ContrastiveLoss = ContrastiveLoss(),  # noqa: B008
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
         instruction_template: str = DEFAULT_TEMPLATE,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.backbone_config, self.mel, self.mll, self.mrl = backbone, mel, mll, mrl
         self.loss_fn, self.optimizer_config = loss, optimizer
         self.instruction_template = instruction_template
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"--model.on_nonfinite ({on_nonfinite!r}) must be raise or skip")
+        self.on_nonfinite = on_nonfinite
+        self.nonfinite_skipped = 0
         self.backbone = Backbone(backbone)
         self.pooling = pooling if pooling is not None else default_pooling(backbone)
         self.text_tokenizer = TextTokenizer(
@@ -196,13 +205,27 @@ class EmbeddingModule(LightningModule):
         return gathered
 
     # -- Lightning hooks ------------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         loss, logs = self.model_step(batch, self.active_layers or self.layers)
+        if not torch.isfinite(loss):
+            return self._nonfinite(loss, batch)
         extra = {"mel_rank": float(self.mel_rank or 0), "stage": float(batch.get("stage", 1)),
                  "num_layers": float(len(self.active_layers or self.layers))}
         self.log_dict({f"train/{k}": v for k, v in {**logs, **extra}.items()}, batch_size=_batch_size(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=_batch_size(batch))
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor, batch: dict) -> None:
+        where = (f"step {self.global_step}, source {batch.get('source')!r}, ids {list(batch.get('ids', []))[:4]}, "
+                 f"MEL rank {self.mel_rank}, layers {self.active_layers}")
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at {where}; no update was applied and no checkpoint "
+                "written for it. Lower the lr, check the data, or set --model.on_nonfinite=skip"
+            )
+        self.nonfinite_skipped += 1
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), batch_size=_batch_size(batch))
+        return None  # Lightning skips backward and the optimizer step for this batch
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         with self.at_rank(None):
@@ -261,7 +284,7 @@ class EmbeddingModule(LightningModule):
         self.configure_model()
         depth = self.backbone.depth if depth is None else depth
         if instruction:
-            texts = [self.instruction_template.format(instruction=instruction, text=t) for t in texts]
+            texts = [self.instruction_template.format(instruction=instruction, query=t) for t in texts]
         # Longest first, so each chunk pads little; the order is restored at the end.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = torch.empty(len(texts), self.backbone.hidden_size)

@@ -16,6 +16,7 @@ training shards (queries, positives or negatives).
 
 from __future__ import annotations
 
+import bisect
 import glob
 import html
 import importlib
@@ -57,8 +58,10 @@ class DemoSettings:
     """Seed of the held-out split and negative mining."""
     holdout: float = 0.2
     """Fraction of English strings (and dialogue messages) held out for validation and evaluation."""
-    negatives: int = 12
+    negatives: int = 9
     """Hard negatives mined per sample (the loader samples its per-task number from them)."""
+    stage2_translations: int = 60
+    """Translation pairs per locale in stage 2 (stage 1 gets them all)."""
     shard_size: int = 2000
     """Samples per shard."""
     val_per_source: int = 128
@@ -162,10 +165,15 @@ def _held_out(text: str, settings: DemoSettings) -> bool:
 
 
 def mine_negatives(positive: str, pool: list[str], k: int, rng: random.Random) -> list[str]:
-    """``k`` texts of ``pool`` close in length to ``positive`` (never equal to it), from a random draw of 64."""
-    draw = rng.sample(pool, min(len(pool), 64))
-    candidates = sorted({t for t in draw if t != positive}, key=lambda t: (abs(len(t) - len(positive)), t))
-    return candidates[:k]
+    """``k`` texts of ``pool`` (sorted by length) close in length to ``positive``, never equal to it.
+
+    Texts of similar length are harder to tell apart than random ones and cost nothing to find: take a
+    window of ``4 * k`` neighbours around the positive's length and sample ``k`` of them.
+    """
+    at = bisect.bisect_left(pool, len(positive), key=len)
+    window = pool[max(0, at - 2 * k) : at + 2 * k]
+    candidates = [t for t in window if t != positive]
+    return rng.sample(candidates, min(k, len(candidates)))
 
 
 def _language_names() -> dict[str, str]:
@@ -190,7 +198,7 @@ class _Builder:
     def pairs(self, name: str, key: str, pairs: list[tuple[str, str]], task: str,
               instruction: str | None, split: str, held: bool, limit: int | None = None) -> None:
         """Add (query, positive) pairs as records of ``split`` with negatives mined among the positives."""
-        pool = sorted({p for _, p in pairs})
+        pool = sorted({p for _, p in pairs}, key=lambda t: (len(t), t))
         for i, (query, positive) in enumerate(pairs[:limit]):
             negatives = mine_negatives(positive, pool, self.settings.negatives, self.rng)
             rid = f"{name}:{key}:{i}" + (":val" if held else "")
@@ -217,8 +225,9 @@ class _Builder:
             stage1 = task == "bitext"  # translation pairs feed both stages; dialogues only stage 2
             if stage1:
                 self.pairs(f"{prefix}-{group}", key, train[key], task, None, "stage1/train", False)
+            limit = self.settings.stage2_translations if stage1 else None
             self.pairs(f"{prefix}-instr-{group}" if stage1 else f"{prefix}-{group}", key, train[key], task,
-                       instruction, "stage2/train", False)
+                       instruction, "stage2/train", False, limit)
             take = max(0, self.settings.val_per_source - val_left[group])
             take = min(take, max(1, self.settings.val_per_source // 8))  # spread validation over the locales
             val_left[group] += min(take, len(held[key]))

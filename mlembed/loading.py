@@ -1,5 +1,8 @@
 """``mlembed.load``: one encoder from a Lightning checkpoint, a compat export or an efficiency export.
 
+Loading lives in ``mlembed/loading.py``, not ``load.py``: a submodule named ``load`` would replace the function
+``mlembed.load`` with itself the first time anything imported it.
+
 Every source becomes an ``EmbeddingModule`` (so there is one encoding code path: same tokenization, pooling
 and depth truncation as in training), wrapped in an ``Embedder`` that serves one (rank, depth, dim) point by
 default and implements the ``mlembed.encoder.Encoder`` protocol for evaluation.
@@ -151,7 +154,7 @@ def load_checkpoint(path: str | os.PathLike) -> EmbeddingModule:
         raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
     try:
         module = EmbeddingModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, KeyError, OSError, ValueError, TypeError, AttributeError) as err:
+    except Exception as err:  # torch.load and Lightning raise many kinds; all mean the file is unusable
         raise ValueError(f"checkpoint {path} could not be read as an mlembed EmbeddingModule: {err}") from err
     factors = module.factorized_embedding
     if factors is not None:

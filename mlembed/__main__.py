@@ -1,0 +1,8 @@
+"""``python -m mlembed ...``: see mlembed.cli."""
+
+import sys
+
+from mlembed.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

