@@ -3,7 +3,6 @@
 __version__ = "0.1.0"
 
 
-
 def load(*args, **kwargs):
     """Load an encoder: see ``mlembed.loading.load`` (imported on first use, so ``import mlembed`` stays cheap)."""
     from mlembed.loading import load as load_encoder

@@ -35,7 +35,8 @@ class MLEmbedCLI(LightningCLI):
         # The data knows how many batches its stages hold; without an explicit max_steps, train exactly those.
         total = getattr(self.datamodule, "total_steps", None)
         if total and self.trainer.max_steps == -1:
-            self.trainer.fit_loop.max_steps = max(1, total // self.trainer.accumulate_grad_batches)
+            # fit_loop.max_steps is read-only in Lightning 2.6; the epoch loop owns the value.
+            self.trainer.fit_loop.epoch_loop.max_steps = max(1, total // self.trainer.accumulate_grad_batches)
 
     def before_instantiate_classes(self) -> None:
         # Presets stacked with several --config files append callbacks; the same one twice is dropped.

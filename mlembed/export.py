@@ -141,14 +141,7 @@ def export(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export gets the usual permissions
-        with deployable(module, point, dense=mode == "compat") as model:
-            if mode == "compat":
-                model.save_pretrained(staging)
-                _write_sentence_transformers(module, point, staging)
-            else:
-                _write_factorized(model, staging)
-        eos_in_tokenizer = _write_tokenizer(module, staging)
-        _manifest(module, point, mode, eos_in_tokenizer).write(staging)
+        _write_export(module, point, mode, staging)
         _replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -200,6 +193,18 @@ def deployable(module: EmbeddingModule, point: Point, *, dense: bool) -> Iterato
 
 
 # -- pieces of an export ----------------------------------------------------------------------------
+def _write_export(module: EmbeddingModule, point: Point, mode: str, directory: Path) -> None:
+    """Every file of the export: weights and config, tokenizer, (compat) sentence-transformers files, manifest."""
+    with deployable(module, point, dense=mode == "compat") as model:
+        if mode == "compat":
+            model.save_pretrained(directory)
+            _write_sentence_transformers(module, point, directory)
+        else:
+            _write_factorized(model, directory)
+    eos_in_tokenizer = _write_tokenizer(module, directory)
+    _manifest(module, point, mode, eos_in_tokenizer).write(directory)
+
+
 @torch.no_grad()
 def _embedding_at(embedding: nn.Module, rank: int | None, dense: bool) -> nn.Module:
     """The token embedding at ``rank``: dense matrix A_k B_k, or factors cut to k (detached copies)."""

@@ -15,6 +15,7 @@ from mlembed.axes.mrl import MRL
 from mlembed.backbone import Backbone, BackboneConfig, count_parameters
 from mlembed.batch import uses_in_batch_negatives
 from mlembed.encoder import MatryoshkaPoints
+from mlembed.gradcache import CachedStep, GradCache, reject_sharded
 from mlembed.losses import ContrastiveLoss, gather_single_process
 from mlembed.optim import OptimizerConfig
 from mlembed.pooling import LastTokenPooling, MeanPooling, Pooling
@@ -38,6 +39,8 @@ class EmbeddingModule(LightningModule):
         on_nonfinite: a NaN/inf training loss either stops the run with a message naming the step and batch
             (``raise``), or skips that step's update and counts it in ``train/nonfinite_skipped`` (``skip``;
             single-device only: under DDP a skip on one rank would leave the others waiting).
+        grad_cache: gradient caching (embed in chunks, loss on the whole batch): large in-batch negative counts
+            on small memory. It switches the module to manual optimization (see mlembed.gradcache).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class EmbeddingModule(LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
         instruction_template: str = DEFAULT_TEMPLATE,
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        grad_cache: GradCache | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -61,6 +65,9 @@ class EmbeddingModule(LightningModule):
             raise ValueError(f"--model.on_nonfinite ({on_nonfinite!r}) must be raise or skip")
         self.on_nonfinite = on_nonfinite
         self.nonfinite_skipped = 0
+        self.grad_cache = grad_cache
+        if grad_cache is not None:
+            self.automatic_optimization = False  # the cached backward runs chunk by chunk inside training_step
         self.backbone = Backbone(backbone)
         self.pooling = pooling if pooling is not None else default_pooling(backbone)
         self.text_tokenizer = TextTokenizer(
@@ -155,6 +162,15 @@ class EmbeddingModule(LightningModule):
         """The loss of one batch over ``layers`` x MRL dims, and the terms to log (shared by train and val)."""
         queries = self.pooled(batch["query"], layers)  # layer -> [B, H]
         docs = self.pooled(_stack_inputs(batch["positive"], batch.get("negatives")), layers)  # [B + B*N, H]
+        return self.loss_on_embeddings(batch, queries, docs, layers)
+
+    def loss_on_embeddings(
+        self, batch: dict, queries: dict[int, torch.Tensor], docs: dict[int, torch.Tensor], layers: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """model_step's loss from precomputed embeddings (layer -> queries [B, H], docs [B + B*N, H]).
+
+        Shared by model_step and gradient caching, which computes the embeddings without a graph first.
+        """
         size, negatives = queries[layers[0]].shape[0], int(batch.get("num_negatives", 0) or 0)
         embeddings = {
             layer: (queries[layer], docs[layer][:size], _split_negatives(docs[layer][size:], size, negatives))
@@ -206,14 +222,41 @@ class EmbeddingModule(LightningModule):
 
     # -- Lightning hooks ------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        loss, logs = self.model_step(batch, self.active_layers or self.layers)
+        layers = self.active_layers or self.layers
+        cached = self.cached_step(batch, layers, self.grad_cache.chunk_size) if self.grad_cache else None
+        loss, logs = cached.loss() if cached is not None else self.model_step(batch, layers)
         if not torch.isfinite(loss):
             return self._nonfinite(loss, batch)
+        if cached is not None:
+            self._cached_update(cached)
         extra = {"mel_rank": float(self.mel_rank or 0), "stage": float(batch.get("stage", 1)),
                  "num_layers": float(len(self.active_layers or self.layers))}
         self.log_dict({f"train/{k}": v for k, v in {**logs, **extra}.items()}, batch_size=_batch_size(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=_batch_size(batch))
         return loss
+
+    # -- gradient caching (manual optimization) ------------------------------------------------------
+    def cached_step(self, batch: dict, layers: Sequence[int], chunk_size: int) -> CachedStep:
+        """model_step with gradient caching: call ``.loss()``, then ``.backward(self.manual_backward)``."""
+        return CachedStep(
+            embed=lambda inputs: self.pooled(inputs, layers),
+            inputs=(batch["query"], _stack_inputs(batch["positive"], batch.get("negatives"))),
+            objective=lambda queries, docs: self.loss_on_embeddings(batch, queries, docs, layers),
+            chunk_size=chunk_size,
+        )
+
+    def _cached_update(self, cached: CachedStep) -> None:
+        """The cached backward, then what automatic optimization would do: clip, step, schedule."""
+        strategy = self.trainer.strategy
+        reject_sharded(strategy)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        cached.backward(self.manual_backward, getattr(strategy, "block_backward_sync", contextlib.nullcontext))
+        self.configure_gradient_clipping(optimizer, self.grad_cache.gradient_clip_val, "norm")
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def _nonfinite(self, loss: torch.Tensor, batch: dict) -> None:
         where = (f"step {self.global_step}, source {batch.get('source')!r}, ids {list(batch.get('ids', []))[:4]}, "

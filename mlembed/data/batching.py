@@ -23,40 +23,69 @@ def sample_length(sample: dict) -> int:
 
 def bucket_batches(samples: Iterable[dict], batch_size: int, pool_batches: int, rng: random.Random,
                    drop_last: bool = True) -> Iterator[list[dict]]:
-    """Group samples of similar length into batches.
+    """Group samples of similar length into batches, never putting one sample twice in a batch.
 
     Samples are collected into pools of ``batch_size * pool_batches`` (after the shuffle buffer), each pool is
-    sorted by length and cut into batches, and the batches of a pool are emitted in random order so that
-    training does not see a short-to-long trend. ``pool_batches <= 1`` turns bucketing off.
+    sorted by length and cut into batches, and the full batches of a pool are emitted in random order so that
+    training does not see a short-to-long trend; the partial rest opens the next pool. A pool is also closed
+    early when a sample it already holds comes round again (a small source wrapping around), so that copies,
+    which have equal lengths, are not sorted into the same batch. ``pool_batches <= 1`` turns sorting off.
 
     Args:
-        samples: Decoded samples (dicts with ``query`` and ``positive``), already shuffled.
+        samples: Decoded samples (dicts with ``query``, ``positive`` and ideally ``id``), already shuffled.
         batch_size: Rows per batch.
         pool_batches: Batches per sorting pool.
         rng: Source of randomness (ties and batch order), seeded by the caller.
         drop_last: Drop a final partial batch (finite streams only; infinite streams never have one).
     """
-    pool: list[dict] = []
+    pool = _Pool(batch_size, pool_batches > 1, rng)
     size = batch_size * max(pool_batches, 1)
     for sample in samples:
-        pool.append(sample)
-        if len(pool) == size:
-            yield from _cut(pool, batch_size, pool_batches > 1, rng)
-            pool = []
-    if pool:
-        batches = list(_cut(pool, batch_size, pool_batches > 1, rng))
-        yield from (b for b in batches if len(b) == batch_size or not drop_last)
+        if pool.holds(sample):
+            yield from pool.cut()
+        pool.add(sample)
+        if len(pool.rows) >= size:
+            yield from pool.cut()
+    yield from pool.cut()
+    rest = pool.rows + pool.waiting
+    if rest and not drop_last:
+        yield from (rest[i : i + batch_size] for i in range(0, len(rest), batch_size))
 
 
-def _cut(pool: list[dict], batch_size: int, sort: bool, rng: random.Random) -> Iterator[list[dict]]:
-    if sort:
-        keys = [(sample_length(s), rng.random()) for s in pool]
-        pool = [s for _, s in sorted(zip(keys, pool), key=lambda pair: pair[0])]
-    batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
-    full = [b for b in batches if len(b) == batch_size]
-    rng.shuffle(full)
-    yield from full
-    yield from (b for b in batches if len(b) < batch_size)
+class _Pool:
+    """Rows waiting to be sorted and cut, and copies of rows already in it that wait for the next pool."""
+
+    def __init__(self, batch_size: int, sort: bool, rng: random.Random):
+        self.batch_size, self.sort, self.rng = batch_size, sort, rng
+        self.rows: list[dict] = []
+        self.ids: set = set()
+        self.waiting: list[dict] = []
+
+    def holds(self, sample: dict) -> bool:
+        return sample.get("id") is not None and sample["id"] in self.ids
+
+    def add(self, sample: dict) -> None:
+        # A copy of a row still here waits (up to a batch of them; a source with fewer samples than a batch
+        # cannot avoid repeats, so then they are let in).
+        if self.holds(sample) and len(self.waiting) < self.batch_size:
+            self.waiting.append(sample)
+            return
+        self.rows.append(sample)
+        self.ids.add(sample.get("id"))
+
+    def cut(self) -> Iterator[list[dict]]:
+        """Emit the full batches; keep the partial rest, then let the waiting copies in."""
+        rows = self.rows
+        if self.sort:
+            keys = [(sample_length(s), self.rng.random()) for s in rows]
+            rows = [s for _, s in sorted(zip(keys, rows), key=lambda pair: pair[0])]
+        cut = len(rows) - len(rows) % self.batch_size
+        full = [rows[i : i + self.batch_size] for i in range(0, cut, self.batch_size)]
+        self.rng.shuffle(full)
+        self.rows, self.ids, waiting, self.waiting = rows[cut:], {s.get("id") for s in rows[cut:]}, self.waiting, []
+        for sample in waiting:
+            self.add(sample)
+        yield from full
 
 
 def pick_negatives(rows: list[dict], n: int, rng: random.Random) -> list[str]:

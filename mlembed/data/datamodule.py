@@ -27,7 +27,8 @@ class StageSettings:
     batch_size: int = 32
     """Rows per batch, per device."""
     weights: dict[str, float] | None = None
-    """Source -> mixing weight; defaults to the manifest's sample counts (required for shards without one)."""
+    """Source -> mixing weight. When set it is the whole mixture (sources it does not name are left out);
+    unset, sources are weighted by their manifest sample counts (so it is required for shards without one)."""
     instructions: bool = False
     """Prepend each sample's instruction to its query (stage 2 of the method; stage 1 runs without)."""
     templates: dict[str, str] = field(default_factory=dict)
@@ -143,7 +144,7 @@ class ShardDataModule(L.LightningDataModule):
             if not specs or (not val and settings.steps == 0):
                 continue
             flag = f"--data.stage{number}"
-            sources = resolve_sources(specs, None if val else settings.weights, flag)
+            sources = resolve_sources(specs, None if val else settings.weights, flag, mixing=not val)
             batch_size = (settings.val_batch_size or settings.batch_size) if val else settings.batch_size
             out.append(StagePlan(number, settings.steps, batch_size, sources, self._collator(number, settings)))
         return out

@@ -45,6 +45,7 @@ _PLACEHOLDERS = [
     re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdifrxXeEgGcou%]"),  # %s, %d, %%
     re.compile(r"\{[^{}]*\}"),  # {0}, {name}
     re.compile(r"<[^>]+>"),  # HTML tags
+    re.compile(r"[\"“”«»„‘’']\s*[\"“”«»„‘’']|\(\s*\)"),  # quotes or brackets left empty by the above
 ]
 _SCRIPTS = {"LATIN": "latin", "CYRILLIC": "cyrillic", "ARABIC": "arabic", "HEBREW": "arabic", "GREEK": "greek",
             "CJK": "cjk", "HIRAGANA": "cjk", "KATAKANA": "cjk", "HANGUL": "cjk"}
@@ -68,6 +69,10 @@ class DemoSettings:
     """Held-out samples per source written as validation shards."""
     langid_per_locale: int = 20
     """Language-identification samples per locale (stage 2)."""
+    locales: list[str] | None = None
+    """Django locales to use (default: all); tests use a few to stay fast."""
+    languages: list[str] | None = None
+    """chatterbot-corpus languages to use (default: all)."""
 
 
 @dataclass
@@ -125,14 +130,14 @@ def script_of(texts: list[str]) -> str:
     return counts.most_common(1)[0][0] if counts else "other"
 
 
-def django_pairs() -> dict[str, list[tuple[str, str]]]:
-    """Locale -> unique (English, translation) pairs from Django's message catalogs."""
+def django_pairs(locales: list[str] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Locale -> unique (English, translation) pairs from Django's message catalogs (``locales``: a subset)."""
     polib = _require("polib")
     root = _package_dir("django")
     pairs: dict[str, dict[str, str]] = {}
     for path in sorted(glob.glob(str(root / "**/locale/*/LC_MESSAGES/django*.po"), recursive=True)):
         locale = Path(path).parts[-3]
-        if locale.startswith("en"):
+        if locale.startswith("en") or (locales is not None and locale not in locales):
             continue  # English variants translate English into itself
         seen = pairs.setdefault(locale, {})
         for entry in polib.pofile(path):
@@ -144,13 +149,16 @@ def django_pairs() -> dict[str, list[tuple[str, str]]]:
     return {loc: sorted(p.items()) for loc, p in sorted(pairs.items()) if p}
 
 
-def chatterbot_pairs() -> dict[str, list[tuple[str, str]]]:
-    """Language -> unique (message, reply) pairs from the chatterbot corpus."""
+def chatterbot_pairs(languages: list[str] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Language -> unique (message, reply) pairs from the chatterbot corpus (``languages``: a subset)."""
     yaml = _require("yaml")
     root = _package_dir("chatterbot_corpus") / "data"
     pairs: dict[str, dict[tuple[str, str], None]] = {}
     for path in sorted(root.glob("*/*.yml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if languages is not None and path.parent.name not in languages:
+            continue
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser, when built, is much faster
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
         seen = pairs.setdefault(path.parent.name, {})
         for conversation in data.get("conversations") or []:
             turns = [" ".join(str(t).split()) for t in conversation if t is not None]
@@ -199,7 +207,9 @@ class _Builder:
               instruction: str | None, split: str, held: bool, limit: int | None = None) -> None:
         """Add (query, positive) pairs as records of ``split`` with negatives mined among the positives."""
         pool = sorted({p for _, p in pairs}, key=lambda t: (len(t), t))
-        for i, (query, positive) in enumerate(pairs[:limit]):
+        if limit is not None and limit < len(pairs):
+            pairs = self.rng.sample(pairs, limit)  # a random subset, not the alphabetically first strings
+        for i, (query, positive) in enumerate(pairs):
             negatives = mine_negatives(positive, pool, self.settings.negatives, self.rng)
             rid = f"{name}:{key}:{i}" + (":val" if held else "")
             self.splits[split].append(Record(rid, query, positive, name, task, negatives, instruction))
@@ -238,13 +248,17 @@ class _Builder:
 
     def _langid(self, train, held, groups) -> None:
         names = _language_names()
-        labelled = {loc: names.get(loc.replace("_", "-").lower(), loc) for loc in train}
+        # "written in German", not "German": bare language names are Django UI strings that may be held out.
+        labels = {loc: f"written in {names.get(loc.replace('_', '-').lower(), loc)}" for loc in train}
         for loc, pairs in train.items():
-            others = sorted({n for other, n in labelled.items() if groups[other] == groups[loc]} - {labelled[loc]})
+            near = sorted({labels[o] for o in train if groups[o] == groups[loc]} - {labels[loc]})
+            far = sorted(set(labels.values()) - {labels[loc]} - set(near))
             for i, (_, text) in enumerate(pairs[: self.settings.langid_per_locale]):
-                negatives = self.rng.sample(others, min(len(others), 3)) or ["English"]
+                # Languages of the same script are the hard negatives; others fill up when a script has few.
+                negatives = self.rng.sample(near, min(len(near), 3))
+                negatives += self.rng.sample(far, min(len(far), 3 - len(negatives)))
                 self.splits["stage2/train"].append(
-                    Record(f"langid:{loc}:{i}", text, labelled[loc], "langid", "classification", negatives,
+                    Record(f"langid:{loc}:{i}", text, labels[loc], "langid", "classification", negatives,
                            LANGID_INSTRUCTION))
 
     def dialogues(self, by_lang: dict[str, list[tuple[str, str]]]) -> None:
@@ -291,8 +305,8 @@ def build_demo(outdir: str | Path, settings: DemoSettings | None = None, overwri
         if done.get("settings") == asdict(settings):
             return DemoBuild(str(root), settings, done["counts"])
     builder = _Builder(settings)
-    builder.translations(django_pairs())
-    builder.dialogues(chatterbot_pairs())
+    builder.translations(django_pairs(settings.locales))
+    builder.dialogues(chatterbot_pairs(settings.languages))
     builder.scrub()
     for name in ("stage1", "stage2", "eval", MARKER):  # an unfinished or outdated build of ours
         target = root / name

@@ -51,6 +51,12 @@ class _SourceWriter:
     def close(self) -> None:
         self.writer.close()
 
+    def abort(self) -> None:
+        """Close the open shard without renaming it (the caller deletes it)."""
+        stream, self.writer.tarstream = self.writer.tarstream, None
+        if stream is not None:
+            stream.close()
+
 
 def prepare_output(output: str | Path, overwrite: bool) -> Path:
     """Create ``output``; refuse one that holds files unless ``overwrite`` (then remove old shards)."""
@@ -112,6 +118,8 @@ def _write(stream, output, shard_size: int, overwrite: bool, skip_invalid: bool,
             writer.close()
     except BaseException:
         # A half-written shard must not survive under any name a reader would pick up.
+        for writer in writers.values():
+            writer.abort()
         for path in directory.glob(f"*{PARTIAL}"):
             path.unlink(missing_ok=True)
         raise

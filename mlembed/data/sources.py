@@ -27,15 +27,19 @@ class ShardSource:
     """Relative probability of drawing a batch from this source."""
 
 
-def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: str) -> list[ShardSource]:
+def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: str,
+                    mixing: bool = True) -> list[ShardSource]:
     """Turn shard specs into sources with weights.
 
     Args:
         specs: Each a local directory holding ``manifest.json``, a ``source=pattern`` pair, or a pattern / URL
             (``data/wiki-{000000..000009}.tar``, ``pipe:curl -s URL``) whose file names end in
             ``<source>-<digits>.tar`` (the names ``mlembed shards`` writes).
-        weights: Optional source -> weight; overrides the manifest sizes for the sources it names.
+        weights: Optional source -> weight. When given it defines the whole mixture (sources it does not name
+            are left out); otherwise sources are weighted by their manifest sample counts.
         flag: The CLI flag the specs came from (``--data.stage1``), for error messages.
+        mixing: Whether the sources are mixed by weight (training); off, every source gets weight 1
+            (validation passes over all of them).
 
     Returns:
         The sources sorted by name, every one with a positive weight.
@@ -54,14 +58,18 @@ def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: st
     if unknown:
         raise ValueError(f"{flag}.weights names unknown sources {unknown} (known: {sorted(found)})")
     for name, source in found.items():
-        if name in weights:
+        if not mixing:
+            source.weight = 1.0
+        elif name in weights:
             source.weight = float(weights[name])
             if source.weight < 0:
                 raise ValueError(f"{flag}.weights[{name}] ({source.weight}) must not be negative")
+        elif weights:
+            source.weight = 0.0  # explicit weights define the whole mixture: unnamed sources are left out
         elif source.samples is not None:
             source.weight = float(source.samples)
         else:
-            raise ValueError(f"{flag}.weights needs a weight for source {name!r} (its shards have no manifest)")
+            raise ValueError(f"{flag}.weights is needed: source {name!r} has no manifest to weight it by size")
     chosen = [found[n] for n in sorted(found) if found[n].weight > 0]
     if not chosen:
         raise ValueError(f"{flag}.weights leaves no source with a positive weight")

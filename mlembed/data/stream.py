@@ -41,27 +41,36 @@ def read_samples(urls: list[str]) -> Iterator[dict]:
 def slot_samples(source: ShardSource, slot: int, slots: int, epoch: int | None, seed: int) -> Iterator[dict]:
     """One slot's share of one pass over a source.
 
-    With at least ``slots`` shards, a slot reads every ``slots``-th shard (of a per-epoch shuffled order when
-    ``epoch`` is given); with fewer, every slot reads all shards and keeps every ``slots``-th sample, so a
-    small source still serves all slots (at the cost of reading it once per slot).
+    With at least ``slots`` shards, a slot owns every ``slots``-th shard of a seeded permutation (fixed for
+    the run, so slots never share a sample) and reads its own shards in a new order every ``epoch``; with
+    fewer shards, every slot reads all of them and keeps every ``slots``-th sample, so a small source still
+    serves all slots (at the cost of reading it once per slot). ``epoch=None`` keeps the stored order.
     """
     urls = list(source.urls)
-    if epoch is not None:
-        seeded(seed, "shards", source.name, epoch).shuffle(urls)
-    if len(urls) >= slots:
-        yield from read_samples(urls[slot::slots])
+    if len(urls) < slots:
+        for i, sample in enumerate(read_samples(urls)):
+            if i % slots == slot:
+                yield sample
         return
-    for i, sample in enumerate(read_samples(urls)):
-        if i % slots == slot:
-            yield sample
+    if epoch is not None:
+        seeded(seed, "shards", source.name).shuffle(urls)
+    mine = urls[slot::slots]
+    if epoch is not None:
+        seeded(seed, "shards", source.name, slot, epoch).shuffle(mine)
+    yield from read_samples(mine)
 
 
-def endless_samples(source: ShardSource, slot: int, slots: int, seed: int) -> Iterator[dict]:
-    """A slot's share of the source, repeated forever with a new shard order every epoch."""
+def endless_samples(source: ShardSource, slot: int, slots: int, seed: int, shuffle_buffer: int,
+                    rng: random.Random) -> Iterator[dict]:
+    """A slot's share of the source, shuffled, repeated forever with a new shard order every epoch.
+
+    The shuffle buffer is drained at the end of every epoch, so a small source is not repeated inside it.
+    """
     epoch = 0
     while True:
         count = 0
-        for sample in slot_samples(source, slot, slots, epoch, seed):
+        samples = slot_samples(source, slot, slots, epoch, seed)
+        for sample in wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng)(samples):
             count += 1
             yield sample
         if count == 0:
@@ -132,9 +141,8 @@ class TrainStream(IterableDataset):
 
     def _batches(self, plan: StagePlan, source: ShardSource, slot: int) -> Iterator[list[dict]]:
         rng = seeded(self.seed, "stream", plan.stage, source.name, slot, self.world * self.workers)
-        samples = endless_samples(source, slot, self.world * self.workers, self.seed)
-        shuffled = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
-        return bucket_batches(shuffled, plan.batch_size, self.bucket_batches, rng)
+        samples = endless_samples(source, slot, self.world * self.workers, self.seed, self.shuffle_buffer, rng)
+        return bucket_batches(samples, plan.batch_size, self.bucket_batches, rng)
 
     def iter_slot(self, virtual: int, start: int) -> Iterator[dict]:
         """Batches ``b >= start`` with ``b % workers == virtual``, built by slot ``(rank, virtual)``."""

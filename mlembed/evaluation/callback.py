@@ -1,0 +1,116 @@
+"""GridEvaluation: the (rank x depth x dim) grid at the end of fit, every N steps, and on the starting model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from mlembed.encoder import Encoder
+from mlembed.evaluation.comparison import compare
+from mlembed.evaluation.grid import run_grid
+from mlembed.evaluation.result import GridResult
+from mlembed.evaluation.suite import DEFAULT_TASKS, EvalCaps, build_tasks
+from mlembed.evaluation.task import Task
+
+
+class GridEvaluation(Callback):
+    """Scores the LightningModule (which must implement ``mlembed.encoder.Encoder``) on the whole grid.
+
+    Runs on global rank 0 only, in eval mode without autograd (train mode is restored). Files go to
+    ``OUT/grid.{csv,md}`` and ``OUT/*.png`` after fit, ``OUT/baseline/`` for the starting model,
+    ``OUT/step_<N>/`` for periodic runs, and ``OUT/comparison.{csv,md}`` when a baseline was taken.
+
+    Args:
+        tasks: task specs (``lee``, ``bitext``, ``dialogue``, ``KIND:PATH``; see ``mlembed.evaluation.suite``).
+        data_dir: the demo's output directory (holds ``eval/bitext.jsonl`` and ``eval/dialogue.jsonl``); read
+            when the first grid runs, so a datamodule may build it during fit.
+        caps: size limits of the evaluation sets.
+        every_n_steps: also run the grid every N optimizer steps (0: only at the end of fit).
+        out_dir: output directory (default: ``trainer.log_dir`` + ``/grid``).
+        baseline: also score the starting model at fit start (after SVD init, before any step) and write the
+            trained-vs-baseline comparison after fit.
+        bytes_per_float: bytes of one stored vector component (4: fp32, 2: fp16) for the bytes-per-vector cost.
+        ranks: ranks to score (default: the model's trained ranks).
+        depths: depths to score (default: the trained depths).
+        dims: dims to score (default: the trained dims).
+        batch_size: encoder batch size.
+        instructions: put the demo's instruction before dialogue queries, as training did.
+        plots: write PNG plots.
+        log: send the results to the trainer's loggers.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str] = DEFAULT_TASKS,
+        data_dir: str | None = None,
+        caps: EvalCaps | None = None,
+        every_n_steps: int = 0,
+        out_dir: str | None = None,
+        baseline: bool = False,
+        bytes_per_float: int = 4,
+        ranks: Sequence[int] | None = None,
+        depths: Sequence[int] | None = None,
+        dims: Sequence[int] | None = None,
+        batch_size: int = 64,
+        instructions: bool = True,
+        plots: bool = True,
+        log: bool = True,
+    ) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"GridEvaluation every_n_steps ({every_n_steps}) must be >= 0")
+        if bytes_per_float < 1:
+            raise ValueError(f"GridEvaluation bytes_per_float ({bytes_per_float}) must be >= 1")
+        self.task_specs, self.data_dir, self.caps = tuple(tasks), data_dir, caps or EvalCaps()
+        self.every_n_steps, self.out_dir, self.baseline = every_n_steps, out_dir, baseline
+        self.grid_args = {"ranks": ranks, "depths": depths, "dims": dims, "bytes_per_float": bytes_per_float}
+        self.batch_size, self.instructions, self.plots, self.log = batch_size, instructions, plots, log
+        self.results: dict[str, GridResult] = {}
+        """``baseline``, ``step_<N>`` and ``final`` results of this fit."""
+        self._tasks: list[Task] | None = None
+        self._last_step = -1
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Fail before training, not after it.
+        if stage == "fit" and not isinstance(pl_module, Encoder):
+            raise TypeError(f"GridEvaluation needs a LightningModule with points(), embed() and num_parameters() "
+                            f"(mlembed.encoder.Encoder); {type(pl_module).__name__} lacks them")
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.baseline:
+            self._run("baseline", trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        # With gradient accumulation several batches end on one optimizer step; evaluate it once.
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            self._run(f"step_{step:06d}", trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._run("final", trainer, pl_module)
+        if trainer.is_global_zero and "baseline" in self.results:
+            written = compare(self.results["final"], self.results["baseline"]).write(self.output_dir(trainer))
+            rank_zero_info(f"GridEvaluation: trained vs baseline in {written[1]}")
+
+    def output_dir(self, trainer: Trainer) -> Path:
+        """Where the grid files go."""
+        return Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "grid"
+
+    def _run(self, name: str, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self._tasks is None:
+            self._tasks = build_tasks(self.task_specs, data_dir=self.data_dir, caps=self.caps,
+                                      batch_size=self.batch_size, instructions=self.instructions)
+        out = self.output_dir(trainer)
+        out = out if name == "final" else out / name
+        loggers = trainer.loggers if self.log and trainer.loggers else None
+        result = run_grid(pl_module, self._tasks, out, logger=loggers, step=trainer.global_step, plots=self.plots,
+                          prefix="grid" if name == "final" else f"grid_{name.split('_')[0]}", **self.grid_args)
+        self.results[name] = result
+        best = max(result.points(), key=lambda p: p.score)
+        rank_zero_info(f"GridEvaluation[{name}]: {len(result.points())} points in {result.seconds:.1f} s, "
+                       f"best {best.label()} score {best.score:.4f}; files in {out}")

@@ -1,0 +1,123 @@
+"""The (rank x depth x dim) grid: every point of ``encoder.points()`` scored on every task.
+
+Each task embeds its texts once per (rank, depth); all dim prefixes are cut from that one pass, so a grid costs
+``|ranks| x |depths|`` encoder passes per task, not ``|ranks| x |depths| x |dims|``. Encoders that also offer
+``embed_layers`` (see shared_depths.py) serve all depths of a rank from one pass of the deepest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mlembed.encoder import Encoder
+from mlembed.evaluation.result import GridResult, GridRow
+from mlembed.evaluation.shared_depths import share_depths
+from mlembed.evaluation.task import Task
+
+
+def evaluate_grid(
+    encoder: Encoder,
+    tasks: Sequence[Task],
+    *,
+    ranks: Sequence[int | None] | None = None,
+    depths: Sequence[int | None] | None = None,
+    dims: Sequence[int | None] | None = None,
+    bytes_per_float: int = 4,
+    progress: bool = True,
+) -> GridResult:
+    """Score every (rank, depth, dim) point on every task.
+
+    Args:
+        encoder: the model (an ``nn.Module`` is put in eval mode and restored after).
+        tasks: what to score.
+        ranks: MEL ranks (default: ``encoder.points().ranks``).
+        depths: depths (default: the trained ones).
+        dims: MRL prefixes (default: the trained ones).
+        bytes_per_float: storage of one vector component (4: fp32, 2: fp16, 1: int8) for ``bytes_per_vector``.
+        progress: show a tqdm bar over (rank, depth) passes.
+    """
+    if bytes_per_float < 1:
+        raise ValueError(f"--bytes-per-float ({bytes_per_float}) must be at least 1")
+    if not tasks:
+        raise ValueError("--tasks: nothing to evaluate")
+    trained = encoder.points()
+    ranks, depths = list(ranks or trained.ranks), list(depths or trained.depths)
+    dims = list(dims or trained.dims)
+    rows: list[GridRow] = []
+    # Rank outermost: SharedDepths keeps one rank's passes cached while its depths are scored.
+    passes = [(rank, depth, task) for rank in ranks for depth in depths for task in tasks]
+    model = share_depths(encoder, depths)
+    with eval_mode(encoder), tqdm(passes, desc="grid", unit="pass", disable=not progress) as bar:
+        for rank, depth, task in bar:
+            bar.set_postfix_str(f"rank={rank} depth={depth} task={task.name}")
+            params = encoder.num_parameters(rank=rank, depth=depth)
+            for dim, metrics in task.evaluate(model, rank=rank, depth=depth, dims=dims).items():
+                width = dim if dim is not None else _full_width(encoder, rank, depth)
+                rows += [GridRow(rank, depth, dim, params, width * bytes_per_float, task.name, metric, value)
+                         for metric, value in metrics.items()]
+    return GridResult(rows, {task.name: task.main_metric for task in tasks})
+
+
+def run_grid(
+    encoder: Encoder,
+    tasks: Sequence[Task],
+    out_dir: str | Path,
+    *,
+    logger=None,
+    step: int | None = None,
+    prefix: str = "grid",
+    plots: bool = True,
+    **grid: object,
+) -> GridResult:
+    """Evaluate the grid and write ``grid.csv``, ``grid.md`` and the PNG plots into ``out_dir``.
+
+    Args:
+        encoder: the model.
+        tasks: what to score.
+        out_dir: where the files go (created).
+        logger: a Lightning logger (or a list of them) to log the table, plots and main scores to.
+        step: the training step to log at.
+        prefix: first part of the logger keys.
+        plots: write the PNG plots.
+        **grid: ``ranks``, ``depths``, ``dims``, ``bytes_per_float``, ``progress`` of ``evaluate_grid``.
+    """
+    from mlembed.evaluation.plots import write_plots
+    from mlembed.evaluation.publish import publish
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = evaluate_grid(encoder, tasks, **grid)
+    result.seconds = time.perf_counter() - start
+    result.write_csv(out / "grid.csv")
+    result.write_markdown(out / "grid.md")
+    images = write_plots(result, out) if plots else []
+    if logger is not None:
+        publish(result, logger, images=images, step=step, prefix=prefix)
+    return result
+
+
+@contextlib.contextmanager
+def eval_mode(encoder: Encoder) -> Iterator[None]:
+    """Eval mode and no autograd while evaluating; the module's train/eval mode is restored after."""
+    module = encoder if isinstance(encoder, torch.nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if module is not None:
+            module.train(was_training)
+
+
+def _full_width(encoder: Encoder, rank: int | None, depth: int | None) -> int:
+    """The hidden size (for ``bytes_per_vector`` when no dim prefix is asked for)."""
+    return int(encoder.embed(["."], rank=rank, depth=depth, batch_size=1).shape[-1])

@@ -1,0 +1,61 @@
+"""FSDP on 2 CPU processes with MEL + MLL + MRL: trains, writes a sharded checkpoint, and Lightning's
+consolidated checkpoint loads into a fresh EmbeddingModule that embeds exactly as the sharded model did."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mlembed.module import EmbeddingModule
+from tests.distributed.common import ROOT, full_batch, launch
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    launch("fsdp_worker.py", out)
+    return out, torch.load(out / "probe.pt", weights_only=False)
+
+
+def consolidate(sharded) -> str:
+    """Lightning's own consolidation (the command docs/scale-out.md gives), run as a user would."""
+    # The module's hyperparameters are dataclasses: the sharded metadata needs a full (not weights-only) load.
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    done = subprocess.run([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(sharded)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return f"{sharded}.consolidated"
+
+
+def test_fsdp_wraps_every_layer_checkpoints_them_and_samples_mel_ranks(fsdp_run):
+    out, probe = fsdp_run
+    assert probe["fsdp_units"] == 1 + 3  # the root (embeddings, MEL factors, pooler) + one per layer
+    assert probe["checkpointed"] == 3
+    assert len(probe["ranks"]) == 3 and set(probe["ranks"]) <= {8, 16, 32}
+    assert (out / "sharded.ckpt").is_dir() and len(list((out / "sharded.ckpt").glob("*.distcp"))) == 2
+
+
+def test_consolidated_checkpoint_loads_into_a_fresh_module_with_the_same_embeddings(fsdp_run):
+    out, probe = fsdp_run
+    path = consolidate(out / "sharded.ckpt")
+    module = EmbeddingModule.load_from_checkpoint(path, weights_only=False).eval()
+    factors = module.factorized_embedding
+    assert tuple(factors.A.shape) == (30522, 32) and bool(factors.initialized)
+    batch = full_batch(module)
+    depth = module.backbone.depth
+    with torch.no_grad():
+        got = module.pooled(batch["query"], [depth])[depth]
+    torch.testing.assert_close(got, probe["embeddings"], atol=1e-5, rtol=1e-5)
+    # and training did move them: the same model at initialisation embeds differently
+    fresh = EmbeddingModule(module.backbone_config, mel=module.mel, mll=module.mll, mrl=module.mrl)
+    fresh.configure_model()
+    fresh.init_mel_from_svd()
+    with torch.no_grad():
+        before = fresh.eval().pooled(batch["query"], [depth])[depth]
+    assert (before - probe["embeddings"]).abs().max() > 1e-3

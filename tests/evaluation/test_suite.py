@@ -1,0 +1,63 @@
+"""build_tasks: built-in and user tasks, the caps, and clear errors for bad specs."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlembed.evaluation.bitext import BitextTask
+from mlembed.evaluation.retrieval import RetrievalTask
+from mlembed.evaluation.sts import STSTask
+from mlembed.evaluation.suite import EvalCaps, build_tasks
+from tests.evaluation.conftest import write_jsonl
+
+
+def test_demo_tasks_from_the_data_dir(demo_dir):
+    lee, bitext, dialogue = build_tasks(["lee", "bitext", "dialogue"], data_dir=demo_dir)
+    assert isinstance(lee, STSTask) and len(lee.scores) == 1225
+    assert isinstance(bitext, BitextTask) and bitext.languages() == ["de", "es", "fr"]
+    assert isinstance(dialogue, RetrievalTask) and sorted(dialogue.sets) == ["de", "es", "fr"]
+    assert dialogue.query_instruction  # the demo's dialogue instruction, as in training
+    assert build_tasks(["dialogue"], data_dir=demo_dir, instructions=False)[0].query_instruction is None
+
+
+def test_caps_limit_languages_and_pairs(demo_dir):
+    caps = EvalCaps(max_pairs_per_language=2, max_queries_per_language=3, max_languages=2, max_sts_pairs=10,
+                    seed=1)
+    lee, bitext, dialogue = build_tasks(["lee", "bitext", "dialogue"], data_dir=demo_dir, caps=caps)
+    assert len(lee.scores) == 10
+    assert bitext.languages() == ["de", "es"]  # equal counts: by name
+    assert len(bitext.src) == 4
+    assert sum(len(s.queries) for s in dialogue.sets.values()) == 2 * 3
+    only_fr = build_tasks(["bitext"], data_dir=demo_dir, caps=EvalCaps(languages=("fr",)))[0]
+    assert only_fr.languages() == ["fr"]
+
+
+def test_caps_sample_is_seeded(demo_dir):
+    def draw(seed):
+        return build_tasks(["bitext"], data_dir=demo_dir, caps=EvalCaps(max_pairs_per_language=2, seed=seed))[0].src
+
+    assert draw(3) == draw(3)
+
+
+def test_user_tasks_are_named_after_their_files(tmp_path):
+    write_jsonl(tmp_path / "mine.jsonl", [{"text1": "a", "text2": "b", "score": 1}, {"text1": "c", "text2": "d",
+                                                                                    "score": 2}])
+    write_jsonl(tmp_path / "pairs.jsonl", [{"query": "q", "positive": "p"}])
+    sts, pairs = build_tasks([f"sts:{tmp_path / 'mine.jsonl'}", f"pairs:{tmp_path / 'pairs.jsonl'}"])
+    assert (sts.name, pairs.name) == ("mine", "pairs")
+
+
+@pytest.mark.parametrize(("specs", "message"), [
+    (["nope"], "unknown task"),
+    (["foo:bar.jsonl"], "unknown kind 'foo'"),
+    (["bitext"], "--data-dir is not set"),
+    (["lee", "lee"], "two tasks are named"),
+])
+def test_bad_specs_fail_clearly(specs, message):
+    with pytest.raises(ValueError, match=message):
+        build_tasks(specs)
+
+
+def test_caps_validate_and_name_the_flag():
+    with pytest.raises(ValueError, match="--max-languages"):
+        EvalCaps(max_languages=0)

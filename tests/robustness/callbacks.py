@@ -1,0 +1,85 @@
+"""Test-only callbacks, named by ``class_path`` on the command line: record steps, simulate a kill, inject a NaN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class SimulatedKill(RuntimeError):
+    """What KillAt raises: stands for SIGKILL / a lost node in the middle of training."""
+
+
+class StepRecorder(Callback):
+    """Appends one JSON line per training step (step, loss, stage, MEL rank) to ``path``.
+
+    Appending (not overwriting) lets a killed run and its resumption write one sequence between them.
+
+    Args:
+        path: the JSON-lines file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        # A skipped (non-finite) step has no loss in its outputs.
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss = None if loss is None else loss.item()
+        row = {"step": trainer.global_step - 1, "loss": loss, "stage": int(batch["stage"]),
+               "rank": pl_module.mel_rank}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def read_steps(path: str | Path) -> list[dict]:
+    """The rows a StepRecorder wrote."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+class KillAt(Callback):
+    """Raises SimulatedKill when optimizer step ``step`` is about to run (``step`` steps are done and saved).
+
+    Args:
+        step: the global step at which the run dies.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise SimulatedKill(f"simulated kill before step {self.step}")
+
+
+class PoisonAt(Callback):
+    """Sets one weight to NaN for the batch of global step ``step`` only, so exactly that loss is non-finite.
+
+    The weight is restored after the batch: a skipped step must leave the model as it was.
+
+    Args:
+        step: the global step whose loss becomes NaN.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self._saved: torch.Tensor | None = None
+
+    def _weight(self, pl_module: LightningModule) -> torch.Tensor:
+        return pl_module.backbone.layer_list()[0].attention.self.query.weight
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            weight = self._weight(pl_module)
+            self._saved = weight.detach().clone()
+            with torch.no_grad():
+                weight[0, 0] = float("nan")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if self._saved is not None:
+            with torch.no_grad():
+                self._weight(pl_module).copy_(self._saved)
+            self._saved = None

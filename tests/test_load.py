@@ -1,0 +1,105 @@
+"""mlembed.load: checkpoints (Trainer.fit and LightningCLI), compat and efficiency exports give one encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import mlembed
+from mlembed.encoder import Encoder
+from mlembed.export import export
+from tests.helpers import make_batch
+from tests.test_export import TEXTS, fit_checkpoint
+
+POINT = {"rank": 16, "depth": 2, "dim": 32}
+INSTRUCTION = "Find the translation"
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """The trained tiny Qwen3 module, its checkpoint, and its compat and efficiency exports at POINT."""
+    root = tmp_path_factory.mktemp("load")
+    module, ckpt = fit_checkpoint("qwen3", root)
+    compat = export(module, root / "compat", **POINT)
+    efficiency = export(module, root / "efficiency", mode="efficiency", **POINT)
+    return module, ckpt, compat, efficiency
+
+
+def test_checkpoint_compat_and_efficiency_agree(sources):
+    module, ckpt, compat, efficiency = sources
+    expected = module.encode(TEXTS, **POINT, instruction=INSTRUCTION)
+    for source in (ckpt, compat, efficiency):
+        encoder = mlembed.load(source, **POINT) if source == ckpt else mlembed.load(source)
+        got = encoder.encode(TEXTS, instruction=INSTRUCTION, batch_size=2)
+        assert got.shape == (len(TEXTS), POINT["dim"])
+        assert torch.allclose(got.norm(dim=-1), torch.ones(len(TEXTS)))
+        assert torch.allclose(got, expected, atol=1e-5), source
+        assert isinstance(encoder, Encoder)
+        assert encoder.num_parameters(depth=1) < encoder.num_parameters()
+
+
+def test_points_and_smaller_points(sources):
+    module, ckpt, compat, efficiency = sources
+    factorized, dense = mlembed.load(efficiency), mlembed.load(compat)
+    assert factorized.points().ranks == (8, 16) and dense.points().ranks == (16,)
+    assert factorized.points().depths == (1, 2) and factorized.points().dims == (8, 16, 32)
+    # The efficiency export serves every smaller rank and depth, exactly as the checkpoint does.
+    assert torch.allclose(factorized.embed(TEXTS, rank=8, depth=1), module.embed(TEXTS, rank=8, depth=1), atol=1e-5)
+    assert torch.allclose(dense.embed(TEXTS, depth=1), module.embed(TEXTS, rank=16, depth=1), atol=1e-5)
+    assert factorized.num_parameters(rank=8, depth=1) == module.num_parameters(rank=8, depth=1)
+    with pytest.raises(ValueError, match="dense at rank 16"):
+        dense.embed(TEXTS, rank=8)
+    with pytest.raises(ValueError, match="depth 3"):
+        factorized.embed(TEXTS, depth=3)
+    with pytest.raises(ValueError, match="rank 32"):
+        factorized.embed(TEXTS, rank=32)
+    with pytest.raises(ValueError, match="compat export"):
+        mlembed.load(compat, rank=8)
+    with pytest.raises(ValueError, match="--rank 33"):
+        mlembed.load(ckpt, rank=33)
+
+
+def test_checkpoint_defaults_to_the_full_model(sources):
+    module, ckpt, _, _ = sources
+    encoder = mlembed.load(ckpt)
+    assert (encoder.rank, encoder.depth, encoder.dim) == (32, 3, 64)
+    assert encoder.points() == module.points()
+    assert torch.allclose(encoder.encode(TEXTS), module.encode(TEXTS), atol=1e-6)
+
+
+def test_lightning_cli_checkpoint(tmp_path):
+    from lightning.pytorch.cli import LightningCLI
+
+    from mlembed.module import EmbeddingModule
+    from tests.conftest import MINILM_DIR, tiny_bert_config
+
+    args = {
+        "model": {
+            "backbone": {"config": tiny_bert_config(30522, 2, 64), "tokenizer": str(MINILM_DIR), "max_seq_length": 32},
+            "mel": {"rank": 32, "min_rank": 8},
+        },
+        "trainer": {
+            "max_steps": 1, "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
+            "enable_model_summary": False, "enable_checkpointing": False, "default_root_dir": str(tmp_path),
+            "callbacks": [{"class_path": "mlembed.callbacks.SVDInit"}],
+        },
+    }
+    cli = LightningCLI(EmbeddingModule, run=False, args=args, save_config_kwargs={"overwrite": True})
+    cli.trainer.fit(cli.model, DataLoader([make_batch(cli.model)], batch_size=None))
+    ckpt = tmp_path / "cli.ckpt"
+    cli.trainer.save_checkpoint(ckpt)
+    assert isinstance(torch.load(ckpt, weights_only=False)["hyper_parameters"]["backbone"], dict)  # CLI-style
+    encoder = mlembed.load(ckpt, rank=8)
+    assert torch.allclose(encoder.encode(TEXTS), cli.model.encode(TEXTS, rank=8), atol=1e-6)
+
+
+def test_bad_sources_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        mlembed.load(tmp_path / "missing.ckpt")
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="corrupt.ckpt"):
+        mlembed.load(corrupt)
+    with pytest.raises(FileNotFoundError, match="mlembed.json"):
+        mlembed.load(tmp_path)
