@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import importlib
 import sys
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import jsonargparse
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 from mlembed.module import EmbeddingModule
+from mlembed.wandb_config import WandbSaveConfig
 
 #: Subcommands that are not Lightning's, as ``module:function`` taking argv and returning an exit code.
 TOOLS = {
@@ -23,6 +28,10 @@ TOOLS = {
     "evaluate": "mlembed.evaluation.run:main",
     "sweep": "mlembed.sweep:main",
 }
+#: ``--ckpt_path`` values that Lightning resolves itself: they name no file to read here.
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+#: Model settings a checkpoint must share with the config given with it (``mel.rank`` too when MEL is on).
+AXIS_SWITCHES = ("mel.enabled", "mll.enabled", "mrl.enabled")
 
 
 class MLEmbedCLI(LightningCLI):
@@ -45,6 +54,80 @@ class MLEmbedCLI(LightningCLI):
         if isinstance(callbacks, list):
             config["trainer"]["callbacks"] = unique_callbacks(callbacks)
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning merges the checkpoint's hyperparameters into the config.
+
+        Lightning 2.6 replaces the config's model settings by the checkpoint's without a word, so a config with
+        MEL on silently trained a MEL-off checkpoint with MEL off. Here a missing or unreadable file is named,
+        and the axis switches (and the MEL rank) must agree; the rest stays Lightning's behaviour.
+        """
+        path = self._checkpoint_file()
+        if path is not None:
+            saved = read_hyperparameters(path)
+            check_axes(path, saved, self.config[self.config.subcommand].model)
+        super()._parse_ckpt_path()
+
+    def _checkpoint_file(self) -> Path | None:
+        """The ``--ckpt_path`` file of this subcommand, or None when there is none for this class to read."""
+        if not self.config.get("subcommand"):
+            return None
+        value = self.config[self.config.subcommand].get("ckpt_path")
+        if not value or value in SPECIAL_CKPT_PATHS or str(value).startswith("registry") or "://" in str(value):
+            return None  # Lightning resolves these (and remote paths) itself
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(f"--ckpt_path {path} does not exist (or is not a file)")
+        return path
+
+
+def read_hyperparameters(path: Path) -> dict:
+    """The model hyperparameters saved in the Lightning checkpoint ``path`` (empty when it has none).
+
+    ``weights_only=True`` unpickles only tensors and plain containers, so the file cannot run code; that is
+    enough because LightningCLI saves the model's settings as plain dicts. ``mmap`` leaves the weights and the
+    optimizer state on disk, since only the hyperparameters are needed here.
+    """
+    # torch.save writes zip archives (mmap needs one); anything else would fail with a message about mmap.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint (not an archive written by torch.save)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many kinds; all mean the file is not a checkpoint we can read
+        raise ValueError(f"--ckpt_path {path} could not be read as a Lightning checkpoint: {err}") from err
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint.get("hyper_parameters") or {}
+
+
+def check_axes(path: Path, saved: dict, config: Any) -> None:
+    """Raise when the checkpoint ``path`` was trained with other axis switches (or MEL rank) than ``config``.
+
+    Args:
+        path: the checkpoint, named in the error.
+        saved: its model hyperparameters (nested dicts, or dataclasses).
+        config: the model part of the parsed config (a jsonargparse Namespace).
+    """
+    keys = list(AXIS_SWITCHES)
+    if _setting(saved, "mel.enabled") and _setting(config, "mel.enabled"):
+        keys.append("mel.rank")  # the factors' shape: a checkpoint of another rank cannot be loaded
+    for key in keys:
+        old, new = _setting(saved, key), _setting(config, key)
+        if old is not None and new is not None and old != new:
+            raise ValueError(
+                f"--model.{key}: the checkpoint {path} was trained with {key}={old} but the config says {new}; "
+                f"set --model.{key}={old} to resume it, or start without --ckpt_path"
+            )
+
+
+def _setting(settings: Any, dotted: str) -> Any:
+    """``settings.a.b`` for ``"a.b"`` through dicts, Namespaces or dataclasses; None when a level is absent."""
+    value = settings
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
 
 def unique_callbacks(callbacks: list) -> list:
     """``callbacks`` without repeats of the same class with the same arguments (first one kept)."""
@@ -65,6 +148,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> MLEmbedCL
         EmbeddingModule,
         LightningDataModule,
         subclass_mode_data=True,
+        save_config_callback=WandbSaveConfig,  # config.yaml in the log dir, and in the wandb run when one is on
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

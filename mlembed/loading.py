@@ -78,6 +78,21 @@ class Embedder:
             batch_size=batch_size,
         )
 
+    def embed_layers(
+        self,
+        texts: Sequence[str],
+        *,
+        rank: int | None = None,
+        depths: Sequence[int],
+        instruction: str | None = None,
+        batch_size: int = 64,
+    ) -> dict[int, torch.Tensor]:
+        """``{depth: embed(texts, rank=rank, depth=depth)}`` from one forward pass (the grid's fast path)."""
+        return self.module.embed_layers(
+            texts, rank=self._module_rank(rank), depths=[self._depth(d) for d in depths], instruction=instruction,
+            batch_size=batch_size,
+        )
+
     def encode(self, texts: Sequence[str], instruction: str | None = None, batch_size: int = 64) -> torch.Tensor:
         """L2-normalised embeddings [N, dim] at this object's (rank, depth, dim)."""
         vectors = self.embed(texts, instruction=instruction, batch_size=batch_size)

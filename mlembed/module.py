@@ -86,6 +86,10 @@ class EmbeddingModule(LightningModule):
         if self.backbone.model is not None:
             return
         self.backbone.build()
+        # from_pretrained returns a model in eval mode and Lightning keeps each module's mode: follow ours, so
+        # fine-tuning has the dropout its config asks for (random-init tiny test configs set it to 0).
+        self.backbone.train(self.training)
+        self._check_vocabulary()
         hidden, depth = self.backbone.hidden_size, self.backbone.depth
         self.layers = self.mll.resolve(depth)
         self.active_layers = self.layers
@@ -94,6 +98,23 @@ class EmbeddingModule(LightningModule):
             self.mel.validate(hidden, self.backbone.vocab_size)
             self.ranks = self.mel.resolve_ranks()
             self._install_factorized_embedding()
+
+    def _check_vocabulary(self) -> None:
+        """Refuse a tokenizer whose ids run past the token-embedding matrix.
+
+        Without this, the first batch holding such an id fails deep inside the embedding lookup ("index out of
+        range in self") or, on GPU, with a device-side assert. A tokenizer smaller than the matrix is fine:
+        models such as Qwen pad their vocabulary to a round number of rows.
+        """
+        tokens = len(self.text_tokenizer.tokenizer)
+        rows = self.backbone.model.get_input_embeddings().num_embeddings
+        if tokens > rows:
+            raise ValueError(
+                f"--model.backbone.tokenizer {self.text_tokenizer.path!r} has a vocabulary of {tokens} tokens, "
+                f"but the backbone's token embedding has only {rows} rows: use the backbone's own tokenizer, or "
+                f"a model with at least {tokens} rows (--model.backbone.config.vocab_size, or "
+                "--model.backbone.pretrained)"
+            )
 
     def _install_factorized_embedding(self) -> None:
         original = self.backbone.model.get_input_embeddings()
@@ -326,20 +347,39 @@ class EmbeddingModule(LightningModule):
         """Pooled embeddings [N, hidden] (not normalised) at (rank, depth); see mlembed.encoder.Encoder."""
         self.configure_model()
         depth = self.backbone.depth if depth is None else depth
+        return self.embed_layers(texts, rank=rank, depths=[depth], instruction=instruction, batch_size=batch_size)[depth]
+
+    def embed_layers(
+        self,
+        texts: Sequence[str],
+        *,
+        rank: int | None = None,
+        depths: Sequence[int],
+        instruction: str | None = None,
+        batch_size: int = 64,
+    ) -> dict[int, torch.Tensor]:
+        """``{depth: pooled embeddings [N, hidden]}`` of several depths from one forward pass.
+
+        Each entry equals ``embed(texts, rank=rank, depth=depth)``: the depth-l model is the first l layers
+        (plus the final norm), so the grid encodes a text once per rank instead of once per (rank, depth).
+        """
+        self.configure_model()
+        depths = sorted(set(depths))
         if instruction:
             texts = [self.instruction_template.format(instruction=instruction, query=t) for t in texts]
         # Longest first, so each chunk pads little; the order is restored at the end.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.backbone.hidden_size)
+        out = {d: torch.empty(len(texts), self.backbone.hidden_size) for d in depths}
         was_training = self.training
         self.eval()
         try:
-            with self.at_rank(rank):
+            with self.at_rank(rank), torch.no_grad():
                 for start in range(0, len(order), batch_size):
                     idx = order[start : start + batch_size]
                     inputs = self.text_tokenizer([texts[i] for i in idx])
                     inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                    out[idx] = self.pooled(inputs, [depth])[depth].float().cpu()
+                    for d, pooled in self.pooled(inputs, depths).items():
+                        out[d][idx] = pooled.float().cpu()
         finally:
             self.train(was_training)
         return out

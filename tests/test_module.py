@@ -54,6 +54,18 @@ def test_depth_l_model_at_inference_equals_the_layer_l_embedding_of_training(kin
             torch.testing.assert_close(at_inference, seen_in_training[depth], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["qwen3", "bert"])
+def test_embed_layers_gives_every_depth_of_one_pass_equal_to_embed_at_that_depth(kind):
+    module = tiny_module(kind, layers=4).eval()
+    texts = QUERIES + [q + " and a longer tail of words" for q in QUERIES]  # mixed lengths across chunks
+    together = module.embed_layers(texts, rank=16, depths=[4, 1, 2], batch_size=3)
+    assert sorted(together) == [1, 2, 4]
+    for depth, vectors in together.items():
+        torch.testing.assert_close(vectors, module.embed(texts, rank=16, depth=depth, batch_size=5),
+                                   atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(together[1], together[4])
+
+
 def test_depth_l_checkpoint_loaded_with_num_hidden_layers_l_gives_the_same_embedding():
     """One model, N depths: a plain HF model built with num_hidden_layers = l reproduces layer l."""
     module = tiny_module("qwen3", mel=False, layers=4).eval()

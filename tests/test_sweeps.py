@@ -11,7 +11,7 @@ from lightning.pytorch import LightningDataModule
 
 from mlembed.module import EmbeddingModule
 from mlembed.sweep import agent_args, expand, load_sweep, main
-from tests.robustness.tiny_run import ROOT, build_shards, data_args
+from tests.robustness.tiny_run import ROOT, build_shards, callback, data_args
 from tests.test_cli_configs import ParseOnlyCLI
 
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -94,12 +94,14 @@ def test_local_run_writes_a_summary_with_the_metric(tmp_path):
     shards = build_shards(tmp_path / "shards")
     out = tmp_path / "sweep"
     code = main(["sweeps/axes.yaml", "--local", "--max-runs", "1", "--out", str(out),
-                 "--config", "configs/tiny_bert.yaml", "--extra", *data_args(shards)])
+                 "--config", "configs/tiny_bert.yaml", "--extra", *data_args(shards),
+                 callback("mlembed.evaluation.callback.GridEvaluation", tasks=["lee"], caps={"max_sts_pairs": 100},
+                          plots=False)])
     assert code == 0, (out / "0" / "output.log").read_text()[-3000:]
     with (out / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and rows[0]["returncode"] == "0"
     assert rows[0]["model.mel.enabled"] == "True"
-    assert float(rows[0]["val/loss"]) > 0  # read back from the run's own metrics.csv
-    assert "val/loss" in (out / "summary.md").read_text()
+    assert -1 <= float(rows[0]["grid/score"]) <= 1  # Lee STS Spearman, read back from the run's own metrics.csv
+    assert "grid/score" in (out / "summary.md").read_text()
     assert list(Path(out / "0").glob("**/metrics.csv"))

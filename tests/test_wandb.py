@@ -55,14 +55,6 @@ def read_offline_run(save_dir: Path) -> dict:
     return {"history": history, "config": config, "files": files}
 
 
-class WiredCLI(mlembed.cli.MLEmbedCLI):
-    """MLEmbedCLI with WandbSaveConfig, as mlembed/cli.py is to pass it (a no-op once it does)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("save_config_callback", WandbSaveConfig)
-        super().__init__(*args, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("wandb")
@@ -71,7 +63,6 @@ def offline_run(tmp_path_factory) -> dict:
         for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
             patch.setenv(name, str(root / "home"))  # nothing written to the user's home
         patch.setenv("WANDB_MODE", "offline")
-        patch.setattr(mlembed.cli, "MLEmbedCLI", WiredCLI)
         grid = callback("mlembed.evaluation.callback.GridEvaluation", tasks=["lee"], caps={"max_sts_pairs": 100},
                         plots=True)
         mlembed.cli.main(fit_args(shards, root, "--config", str(ROOT / "callbacks/wandb.yaml"),
@@ -107,3 +98,8 @@ def test_the_resolved_cli_config_is_in_the_run(offline_run):
 
 def test_flatten_keeps_lists_as_values():
     assert flatten({"a": {"b": 1, "c": [1, {"d": 2}]}, "e": {}}) == {"a.b": 1, "a.c": [1, {"d": 2}], "e": {}}
+
+
+def test_the_cli_saves_its_config_through_the_wandb_aware_callback():
+    cli = mlembed.cli.lightning_main(["--config", str(ROOT / "configs/tiny_bert.yaml")], run=False)
+    assert cli.save_config_callback is WandbSaveConfig

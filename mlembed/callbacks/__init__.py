@@ -1,7 +1,8 @@
-"""Callbacks that drive the axes' state during training."""
+"""Callbacks that drive the axes' state during training, and export the trained model."""
 
+from mlembed.callbacks.export import ModelExport
 from mlembed.callbacks.layer_schedule import LayerSchedule
 from mlembed.callbacks.rank_sampler import RankSampler
 from mlembed.callbacks.svd_init import SVDInit
 
-__all__ = ["LayerSchedule", "RankSampler", "SVDInit"]
+__all__ = ["LayerSchedule", "ModelExport", "RankSampler", "SVDInit"]

@@ -95,14 +95,18 @@ class ShardDataModule(L.LightningDataModule):
     """
 
     def __init__(self, stage1: StageSettings, stage2: StageSettings | None = None,
-                 loader: LoaderSettings | None = None, tokenizer: TextTokenizer | None = None):
+                 loader: LoaderSettings | None = None, tokenizer: TextTokenizer | None = None,
+                 build_demo: str | None = None):
         """Args:
             stage1: The retrieval pre-heat stage.
             stage2: The multi-task stage with instructions (optional).
             loader: Streaming settings.
             tokenizer: The model's tokenizer (the CLI links it from the model; tests pass one).
+            build_demo: Build the embedded demo data (``mlembed.data.demo``) into this directory before
+                training when it is not complete there yet (configs/demo.yaml: ``data/demo``).
         """
         super().__init__()
+        self.build_demo = build_demo
         self.stage1, self.stage2 = stage1, stage2
         self.loader = loader or LoaderSettings()
         self.tokenizer = tokenizer
@@ -112,6 +116,13 @@ class ShardDataModule(L.LightningDataModule):
         self.loader.check()
         if self.total_steps < 1:
             raise ValueError("--data.stage1.steps + --data.stage2.steps must be at least 1")
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node before any dataloader exists, so ranks never race.
+        if self.build_demo:
+            from mlembed.data.demo import build_demo
+
+            build_demo(self.build_demo)
 
     @property
     def stages(self) -> list[tuple[int, StageSettings]]:

@@ -3,13 +3,16 @@
 Safety: a shard is written under ``<name>.partial`` and renamed only once closed, the manifest is written
 last, and an output directory that already holds files is refused unless ``overwrite`` is set. A crash
 therefore never leaves a shard that looks complete, and a directory without ``manifest.json`` is known to be
-unfinished.
+unfinished. With ``overwrite`` the new shards are built in a staging directory beside the old ones and swapped
+in only once complete, so a bad record (or a crash) leaves the earlier shards as they were.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +26,8 @@ PARTIAL = ".partial"
 """Suffix of a shard still being written."""
 MAX_EXAMPLES = 20
 """Skipped records listed by name in the manifest (the rest are only counted)."""
+STAGING = ".staging"
+"""Suffix of the directory an ``overwrite`` build is written into before it replaces the output."""
 
 
 class _SourceWriter:
@@ -59,18 +64,46 @@ class _SourceWriter:
 
 
 def prepare_output(output: str | Path, overwrite: bool) -> Path:
-    """Create ``output``; refuse one that holds files unless ``overwrite`` (then remove old shards)."""
+    """The directory to write into: ``output`` itself when empty or absent, else a new staging directory.
+
+    A non-empty ``output`` is refused unless ``overwrite``; then nothing in it is touched here: the build goes
+    into a staging directory beside it (same filesystem, so ``_swap_in`` can rename it into place).
+    """
     directory = Path(output)
-    if directory.exists() and any(directory.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"--output {directory} is not empty; pass --overwrite to replace the shards and manifest in it"
-            )
-        for path in directory.iterdir():
-            if path.name == MANIFEST_NAME or path.name.endswith((".tar", ".tar" + PARTIAL)):
-                path.unlink()
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+    if not (directory.exists() and any(directory.iterdir())):
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+    if not overwrite:
+        raise FileExistsError(
+            f"--output {directory} is not empty; pass --overwrite to replace the shards and manifest in it"
+        )
+    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=STAGING, dir=directory.parent))
+
+
+def _is_shard_file(path: Path) -> bool:
+    """Whether ``path`` is a file of a shard build (what ``overwrite`` replaces)."""
+    return path.name == MANIFEST_NAME or path.name.endswith((".tar", ".tar" + PARTIAL))
+
+
+def _swap_in(staging: Path, output: Path) -> None:
+    """Replace ``output`` by the finished ``staging`` directory; ``output``'s other files (not shards) stay.
+
+    Each step is a rename, so at any moment either the old or the new build is complete on disk: ``output``
+    is set aside, the new build takes its name, the old directory's other files move over, and only then is
+    the old build deleted.
+    """
+    shutil.copymode(output, staging)  # mkdtemp makes it private; keep the permissions the output had
+    old = staging.with_name(staging.name + ".old")
+    os.replace(output, old)
+    try:
+        os.replace(staging, output)
+    except BaseException:
+        os.replace(old, output)
+        raise
+    for path in old.iterdir():
+        if not _is_shard_file(path):
+            os.replace(path, output / path.name)
+    shutil.rmtree(old)
 
 
 def write_records(records: Iterable[Record], output: str | Path, shard_size: int = 10_000,
@@ -101,6 +134,19 @@ def write_shards(inputs: list[str | Path], output: str | Path, shard_size: int =
 
 def _write(stream, output, shard_size: int, overwrite: bool, skip_invalid: bool, total) -> Manifest:
     directory = prepare_output(output, overwrite)
+    if directory == Path(output):  # a new or empty output: nothing earlier to keep
+        return _fill(directory, stream, shard_size, skip_invalid, total)
+    try:
+        manifest = _fill(directory, stream, shard_size, skip_invalid, total)
+        _swap_in(directory, Path(output))
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)  # the earlier shards in ``output`` are untouched
+        raise
+    return manifest
+
+
+def _fill(directory: Path, stream, shard_size: int, skip_invalid: bool, total) -> Manifest:
+    """Write the records of ``stream`` as shards into ``directory``, then its manifest."""
     manifest = Manifest()
     writers: dict[str, _SourceWriter] = {}
     try:

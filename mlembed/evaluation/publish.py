@@ -40,7 +40,14 @@ def main_scalars(result: GridResult, prefix: str = "grid") -> dict[str, float]:
         suffix = point_suffix(*point.point)
         scalars.update({f"{prefix}/{task}/{result.main_metrics[task]}@{suffix}": v for task, v in point.tasks.items()})
         scalars[f"{prefix}/score@{suffix}"] = point.score
+    # The full point's score under one fixed name: what sweeps optimise, whichever axes a run trained.
+    scalars[f"{prefix}/score"] = full_point(result).score
     return scalars
+
+
+def full_point(result: GridResult):
+    """The largest point of the grid (full rank, depth and dim)."""
+    return max(result.points(), key=lambda p: (p.params, p.bytes_per_vector))
 
 
 def point_suffix(rank: int | None, depth: int | None, dim: int | None) -> str:
@@ -56,5 +63,4 @@ def _to_wandb(result: GridResult, logger: WandbLogger, images: Sequence[Path], s
     if images:
         logger.log_image(key=f"{prefix}/plots", images=[str(p) for p in images], step=step,
                          caption=[Path(p).stem for p in images])
-    full = max(result.points(), key=lambda p: (p.params, p.bytes_per_vector))
-    logger.log_metrics({f"{prefix}/score": full.score}, step=step)
+    logger.log_metrics({f"{prefix}/score": full_point(result).score}, step=step)

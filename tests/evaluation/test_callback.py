@@ -113,7 +113,9 @@ def test_other_loggers_get_only_main_scalars(tiny_encoder, demo_dir):
     tasks = build_tasks(["bitext", "dialogue"], data_dir=demo_dir)
     result = evaluate_grid(tiny_encoder, tasks, ranks=[8], depths=[1], progress=False)
     scalars = main_scalars(result)
-    assert len(scalars) == 3 * (2 + 1)  # 3 dims x (2 tasks' main metric + the score)
+    assert len(scalars) == 3 * (2 + 1) + 1  # 3 dims x (2 tasks' main metric + the score), + the full score
+    full = max(result.points(), key=lambda p: p.params * 10**6 + p.bytes_per_vector)
+    assert scalars["grid/score"] == full.score
     assert "grid/bitext/accuracy@r8_l1_d16" in scalars and "grid/bitext/accuracy/de@r8_l1_d16" not in scalars
 
 

@@ -79,8 +79,6 @@ def test_existing_shards_are_not_overwritten(capsys, tiny_shards, tmp_path):
     assert snapshot(out) == before
 
 
-@pytest.mark.xfail(strict=True, reason="core: write_shards(overwrite=True) deletes the old shards before it has "
-                   "read the input, so a bad record loses them; see the issue-7 report")
 def test_failed_overwrite_keeps_the_earlier_shards(capsys, tiny_shards, tmp_path):
     out = tmp_path / "stage1"
     shutil.copytree(tiny_shards["stage1"], out)
@@ -128,8 +126,6 @@ def test_bad_config_names_the_flag(capsys, tiny_shards, tmp_path, flags, expecte
     assert not list(tmp_path.glob("**/*.ckpt"))
 
 
-@pytest.mark.xfail(strict=True, reason="core: EmbeddingModule does not compare the tokenizer's vocabulary with "
-                   "the model's (IndexError 'index out of range in self' at step 0); see the issue-7 report")
 def test_tokenizer_larger_than_embedding_is_refused(capsys, tiny_shards, tmp_path):
     message = failure(capsys, fit_args(tiny_shards, tmp_path, *ONE_STEP, "--model.backbone.config.vocab_size=1000"))
     assert "vocab" in message and "--model.backbone" in message
@@ -148,8 +144,6 @@ def test_unreadable_checkpoint_is_named_by_export(capsys, tmp_path):
     assert str(garbage) in message
 
 
-@pytest.mark.xfail(strict=True, reason="core: LightningCLI._parse_ckpt_path silently replaces the config's model "
-                   "with the checkpoint's hyperparameters, so MEL stays off; see the issue-7 report")
 def test_checkpoint_of_another_axis_set_is_refused(capsys, tiny_shards, mel_off_ckpt, tmp_path):
     message = failure(capsys, fit_args(tiny_shards, tmp_path, "--data.stage1.steps=2", "--data.stage2.steps=1",
                                        f"--ckpt_path={mel_off_ckpt}"))
