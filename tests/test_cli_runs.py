@@ -1,0 +1,104 @@
+"""The shipped run configs train end to end through ``python -m mlembed fit``.
+
+- all 8 on/off combinations of the axes run a step from the CLI, as a sweep agent writes the switches;
+- configs/demo.yaml (real MiniLM, builds its own data, grid before and after) runs with ``--trainer.fast_dev_run``;
+- configs/tiny_qwen3.yaml (the decoder path with the real Qwen3 tokenizer) trains through both stages.
+
+The demo and tiny-Qwen3 runs start ``python -m mlembed`` as a subprocess in a scratch directory, so the relative
+paths of the shipped configs (``data/demo``, ``runs/...``) resolve there, as they do for a user in the repo root.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlembed.cli import main
+from mlembed.data.demo import build_demo
+from tests.robustness.tiny_run import ROOT, build_shards, fit_args
+
+SWITCHES = list(itertools.product([True, False], repeat=3))
+GRID_CAPS = {"max_pairs_per_language": 10, "max_queries_per_language": 5, "max_languages": 2, "max_sts_pairs": 60}
+"""Evaluation sets cut down so a test's grid takes seconds; the shipped demo uses the defaults."""
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory) -> dict[str, Path]:
+    return build_shards(tmp_path_factory.mktemp("cli-shards"))
+
+
+@pytest.mark.parametrize("mel, mll, mrl", SWITCHES, ids=lambda v: "on" if v else "off")
+def test_every_axis_combination_trains_from_the_cli(tiny_shards, tmp_path, mel, mll, mrl):
+    flags = [f"--model.mel.enabled={mel}", f"--model.mll.enabled={mll}", f"--model.mrl.enabled={mrl}",
+             "--data.stage1.steps=1", "--data.stage2.steps=1", "--trainer.limit_val_batches=1"]
+    assert main(fit_args(tiny_shards, tmp_path, *flags)) == 0
+    metrics = next(tmp_path.glob("**/metrics.csv"), None)
+    assert metrics is not None, "the run logged nothing"
+    rows = list(csv.DictReader(metrics.open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    logged = set(rows[0])
+    # An axis switched off leaves one term: the full size (MRL) or the last layer (MLL) only.
+    assert sorted(k for k in logged if k.startswith("train/loss/mrl@")) == (
+        ["train/loss/mrl@16", "train/loss/mrl@32", "train/loss/mrl@8"] if mrl else ["train/loss/mrl@32"])
+    assert sorted(k for k in logged if k.startswith("train/loss/mll@")) == (
+        ["train/loss/mll@1", "train/loss/mll@2"] if mll else ["train/loss/mll@2"])
+    ranks = {float(r["train/mel_rank"]) for r in rows if r.get("train/mel_rank")}
+    assert (ranks != {0.0}) == mel  # 0 stands for "MEL off"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A scratch directory holding the demo data where the configs expect it (built once, ~10 s)."""
+    root = tmp_path_factory.mktemp("cli-runs")
+    build_demo(root / "data" / "demo")
+    return root
+
+
+def run_cli(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "mlembed", *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def with_small_grid(config: Path, out: Path) -> Path:
+    """``config`` with the GridEvaluation callback's evaluation sets capped to GRID_CAPS."""
+    tree = yaml.safe_load(config.read_text())
+    grids = [c for c in tree["trainer"]["callbacks"] if c["class_path"].endswith("GridEvaluation")]
+    assert len(grids) == 1, "the demo scores its grid with one GridEvaluation callback"
+    grids[0].setdefault("init_args", {})["caps"] = GRID_CAPS
+    out.write_text(yaml.safe_dump(tree))
+    return out
+
+
+def test_demo_config_builds_its_data_and_runs_with_fast_dev_run(tmp_path):
+    config = with_small_grid(ROOT / "configs" / "demo.yaml", tmp_path / "demo_small_grid.yaml")
+    run_cli(tmp_path, "fit", "--config", str(config), "--trainer.fast_dev_run=2")
+    assert (tmp_path / "data" / "demo" / "demo.json").is_file()  # built on first use, from installed packages
+    grid = next((tmp_path / "runs" / "demo").glob("**/grid"))
+    assert (grid / "grid.csv").is_file() and (grid / "baseline" / "grid.csv").is_file()
+    comparison = (grid / "comparison.csv").read_text()
+    assert "rank" in comparison and len(comparison.splitlines()) > 1
+    rows = list(csv.DictReader((grid / "grid.csv").open()))
+    assert {r["rank"] for r in rows} == {"64", "128", "256", "384"} and {r["depth"] for r in rows} == {"1", "2", "4", "6"}
+
+
+def test_tiny_qwen3_config_runs_the_decoder_path_through_both_stages(workdir):
+    run_cli(workdir, "fit", "--config", str(ROOT / "configs" / "tiny_qwen3.yaml"), "--data.stage1.steps=2",
+            "--data.stage2.steps=2", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=1")
+    metrics = next((workdir / "runs" / "tiny_qwen3").glob("**/metrics.csv"))
+    rows = list(csv.DictReader(metrics.open()))
+    steps = [r for r in rows if r.get("train/loss")]
+    assert [float(r["train/stage"]) for r in steps] == [1.0, 1.0, 2.0, 2.0]
+    assert all(0 < float(r["train/loss"]) < 1e3 for r in steps)
+    assert {float(r["train/mel_rank"]) for r in steps} <= {16.0, 32.0, 64.0}
+    assert any(r.get("val/loss") for r in rows)
