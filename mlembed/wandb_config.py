@@ -20,13 +20,18 @@ from lightning.pytorch.loggers import WandbLogger
 class WandbSaveConfig(SaveConfigCallback):
     """SaveConfigCallback that also puts the resolved config into every WandbLogger's run (rank zero only)."""
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts from rank 0, and save_config runs on rank 0 only: ask on every rank here.
+        self._log_dir = trainer.log_dir
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers:
             return
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         flat = flatten(resolved)
-        saved = Path(trainer.log_dir or ".") / self.config_filename
+        saved = Path(self._log_dir or ".") / self.config_filename
         for logger in loggers:
             # allow_val_change: a sweep agent has already set its parameters (the same values) in run.config.
             logger.experiment.config.update(flat, allow_val_change=True)

@@ -133,7 +133,7 @@ class ModelExport(Callback):
             return {self.mode: out}
         return {mode: out / mode for mode in self.modes}
 
-    def _export(self, source, out: Path) -> None:
+    def _export(self, source: LightningModule | Path, out: Path) -> None:
         """Export ``source`` (the module, or a checkpoint file) in every mode."""
         point = self.point
         for mode, target in self._targets(out).items():

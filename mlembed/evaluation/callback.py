@@ -71,12 +71,15 @@ class GridEvaluation(Callback):
         """``baseline``, ``step_<N>`` and ``final`` results of this fit."""
         self._tasks: list[Task] | None = None
         self._last_step = -1
+        self._out = Path(out_dir or "grid")  # set from the trainer in setup
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Fail before training, not after it.
         if stage == "fit" and not isinstance(pl_module, Encoder):
             raise TypeError(f"GridEvaluation needs a LightningModule with points(), embed() and num_parameters() "
                             f"(mlembed.encoder.Encoder); {type(pl_module).__name__} lacks them")
+        # trainer.log_dir broadcasts from rank 0: every rank must ask, here, not only rank 0 in _run (a hang).
+        self._out = self.output_dir(trainer)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.baseline:
@@ -92,7 +95,7 @@ class GridEvaluation(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._run("final", trainer, pl_module)
         if trainer.is_global_zero and "baseline" in self.results:
-            written = compare(self.results["final"], self.results["baseline"]).write(self.output_dir(trainer))
+            written = compare(self.results["final"], self.results["baseline"]).write(self._out)
             rank_zero_info(f"GridEvaluation: trained vs baseline in {written[1]}")
 
     def output_dir(self, trainer: Trainer) -> Path:
@@ -105,8 +108,7 @@ class GridEvaluation(Callback):
         if self._tasks is None:
             self._tasks = build_tasks(self.task_specs, data_dir=self.data_dir, caps=self.caps,
                                       batch_size=self.batch_size, instructions=self.instructions)
-        out = self.output_dir(trainer)
-        out = out if name == "final" else out / name
+        out = self._out if name == "final" else self._out / name
         loggers = trainer.loggers if self.log and trainer.loggers else None
         result = run_grid(pl_module, self._tasks, out, logger=loggers, step=trainer.global_step, plots=self.plots,
                           prefix="grid" if name == "final" else f"grid_{name.split('_')[0]}", **self.grid_args)

@@ -48,6 +48,9 @@ def main(out: str) -> None:
                       enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
                       callbacks=[SaveProbe(out), export], default_root_dir=out)
     trainer.fit(module, train, val)
+    # Left to interpreter exit, the gloo group sometimes aborted rank 1 ("terminate called without an active
+    # exception") after a successful fit.
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -85,6 +85,8 @@ def main(out: str) -> None:
                       enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
                       callbacks=[RankSampler(seed=3), Save(out)], default_root_dir=out)
     trainer.fit(module, train, val)
+    # Left to interpreter exit, the gloo group sometimes aborts rank 1 after a successful fit.
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
