@@ -8,7 +8,7 @@ Prints ratios measured in the same run on the same machine:
    without bucketing), and the MiniLM-sized step time on both (target >= 1.5x faster).
 
 Data: the embedded demo (Django + chatterbot), a subset of locales so a first run builds it in seconds.
-Usage: ``python benchmarks/bench_loader.py [--batches 40] [--steps 2] [--data DIR]``.
+Usage: ``python benchmarks/bench_loader.py [--batches 300] [--steps 5] [--data DIR]``.
 """
 
 from __future__ import annotations
@@ -117,8 +117,10 @@ def real_fraction(batches: list[dict]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=40, help="batches streamed for the loader rate")
-    parser.add_argument("--steps", type=int, default=2, help="timed training steps per model measurement")
+    parser.add_argument("--batches", type=int, default=300,
+                        help="batches streamed for the loader rate (enough to amortise opening shards and filling "
+                        "the shuffle buffer, as a training run does)")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model measurement")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "mlembed-bench-demo"))
     args = parser.parse_args()

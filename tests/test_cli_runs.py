@@ -22,7 +22,7 @@ import yaml
 
 from mlembed.cli import main
 from mlembed.data.demo import build_demo
-from tests.robustness.tiny_run import ROOT, build_shards, fit_args
+from tests.robustness.tiny_run import ROOT, build_shards, checkpoint_every_step, fit_args
 
 SWITCHES = list(itertools.product([True, False], repeat=3))
 GRID_CAPS = {"max_pairs_per_language": 10, "max_queries_per_language": 5, "max_languages": 2, "max_sts_pairs": 60}
@@ -52,6 +52,19 @@ def test_every_axis_combination_trains_from_the_cli(tiny_shards, tmp_path, mel, 
         ["train/loss/mll@1", "train/loss/mll@2"] if mll else ["train/loss/mll@2"])
     ranks = {float(r["train/mel_rank"]) for r in rows if r.get("train/mel_rank")}
     assert (ranks != {0.0}) == mel  # 0 stands for "MEL off"
+
+
+@pytest.mark.parametrize("subcommand, logged", [("validate", "val/loss"), ("test", "test/loss"), ("predict", None)])
+def test_validate_test_and_predict_run_on_a_trained_checkpoint(tiny_shards, tmp_path, subcommand, logged, capsys):
+    assert main(fit_args(tiny_shards, tmp_path / "fit", checkpoint_every_step(tmp_path / "ckpt"))) == 0
+    args = fit_args(tiny_shards, tmp_path / subcommand, f"--ckpt_path={tmp_path / 'ckpt' / 'last.ckpt'}")
+    args[0] = subcommand
+    capsys.readouterr()
+    assert main(args) == 0
+    if logged:
+        assert logged in capsys.readouterr().out  # Lightning's results table
+    else:
+        assert not list((tmp_path / subcommand).glob("**/*.ckpt"))  # predicting writes no checkpoint
 
 
 @pytest.fixture(scope="module")

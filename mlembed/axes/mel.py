@@ -67,8 +67,9 @@ def sample_rank(ranks: tuple[int, ...], generator: torch.Generator) -> int:
 class FactorizedEmbedding(nn.Module):
     """Token embedding ``A[ids, :k] @ B[:k]`` computed gather-first.
 
-    Gathering the rows of A for the batch's tokens and multiplying those by B costs tokens x k x hidden,
-    instead of building the whole vocab x hidden matrix every step as the reference does.
+    Gathering the rows of A for the batch's distinct tokens and multiplying those by B costs
+    distinct tokens x k x hidden, instead of building the whole vocab x hidden matrix every step as the
+    reference does.
 
     It is installed with ``set_input_embeddings`` so every Hugging Face architecture keeps its own forward
     (position embeddings, scaling, norms) around it. Until the factors are set (``SVDInit`` callback, or a
@@ -94,8 +95,11 @@ class FactorizedEmbedding(nn.Module):
                 "mlembed.callbacks.SVDInit (e.g. --config callbacks/mel.yaml) or load a trained checkpoint"
             )
         k = self.active_rank
-        rows = F.embedding(input_ids, self.A)[..., :k]  # [B, T, k]
-        return rows @ self.B[:k]  # [B, T, hidden]
+        # Each distinct token once: real text repeats its tokens (Zipf), so a batch of 18k tokens holds a few
+        # thousand distinct ids, and the product (and its backward) shrinks by that factor.
+        ids, where = torch.unique(input_ids, return_inverse=True)
+        table = F.embedding(ids, self.A)[:, :k] @ self.B[:k]  # [distinct, hidden]
+        return F.embedding(where, table)  # [B, T, hidden]
 
     @torch.no_grad()
     def init_from(self, weight: torch.Tensor) -> None:

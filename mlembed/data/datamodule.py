@@ -185,3 +185,17 @@ class ShardDataModule(L.LightningDataModule):
             return []
         rank, world = self._rank()
         return DataLoader(self.val_stream(rank, world), batch_size=None, num_workers=self.loader.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out shards (``val_shards``) for ``python -m mlembed test``: the loss per source."""
+        return self._held_out("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out shards for ``python -m mlembed predict``: the queries' embeddings, batch by batch."""
+        return self._held_out("predict")
+
+    def _held_out(self, subcommand: str) -> DataLoader:
+        if not any(s.val_shards for _, s in self.stages):
+            raise ValueError(f"`{subcommand}` reads the held-out shards: set --data.stage1.val_shards or "
+                             "--data.stage2.val_shards")
+        return self.val_dataloader()
