@@ -30,8 +30,9 @@ class ModelExport(Callback):
     wrong one stops the run before the first step rather than after the last.
 
     Args:
-        out_dir: the export directory (default: ``trainer.log_dir`` + ``/export``; ``trainer.log_dir`` is
-            the logger's save_dir for wandb, the versioned directory for TensorBoard/CSV, or default_root_dir).
+        out_dir: the export directory (default: ``trainer.log_dir`` + ``/export``: the versioned directory of
+            TensorBoard/CSV, or default_root_dir without a logger; for wandb, whose log_dir is its save_dir,
+            ``save_dir/export/<run id>``).
         mode: ``compat`` (a Hugging Face + sentence-transformers directory, dense embedding), ``efficiency``
             (MEL factors, read only by ``mlembed.load``), or a list of both. A single mode is written into
             ``out_dir`` itself; a list writes each mode into ``out_dir/<mode>``.
@@ -104,7 +105,14 @@ class ModelExport(Callback):
     # -- pieces ---------------------------------------------------------------------------------------
     def output_dir(self, trainer: Trainer) -> Path:
         """Where the export goes; call it on every rank (it reads ``trainer.log_dir``)."""
-        return Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "export"
+        if self.out_dir:
+            return Path(self.out_dir)
+        root = Path(trainer.log_dir or trainer.default_root_dir)
+        logger = trainer.logger
+        if logger is not None and logger.save_dir and root == Path(logger.save_dir) and logger.version is not None:
+            # wandb's log_dir is its save_dir, shared by every run: give each run its own export.
+            return root / "export" / str(logger.version)
+        return root / "export"
 
     def check(self, module: LightningModule) -> Point:
         """The resolved point; raises, naming the init argument, when the module cannot be exported as asked."""

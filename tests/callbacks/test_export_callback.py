@@ -61,7 +61,8 @@ def preset_run(shards, tmp_path_factory) -> dict:
 
 def test_the_preset_exports_both_modes_that_encode_like_the_trained_module(preset_run):
     root, module = preset_run["root"], preset_run["module"]
-    export = root / "export"  # the default: trainer.log_dir (the wandb save_dir) + /export
+    (export,) = (root / "export").iterdir()  # the default with wandb: save_dir/export/<run id>, one per run
+    assert export.name.isalnum() and len(export.name) >= 6  # a wandb run id
     expected = module.encode(TEXTS)
     for mode in ("compat", "efficiency"):
         manifest = Manifest.read(export / mode)

@@ -35,8 +35,9 @@ def test_ddp_fit_with_wandb_grid_and_export_presets_finishes(tmp_path):
                           text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "grid" / "grid.csv").is_file() and (tmp_path / "grid" / "comparison.csv").is_file()
-    manifest = json.loads((tmp_path / "export" / "compat" / "mlembed.json").read_text())
+    (export,) = (tmp_path / "export").iterdir()  # export/<wandb run id>
+    manifest = json.loads((export / "compat" / "mlembed.json").read_text())
     assert manifest  # the export finished on rank 0 ...
-    model = mlembed.load(tmp_path / "export" / "efficiency")
+    model = mlembed.load(export / "efficiency")
     assert model.encode(["hello", "world"]).shape[0] == 2  # ... and loads
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
