@@ -168,4 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(_tool(args[0])(args[1:]) or 0)
     # None lets LightningCLI read sys.argv itself (it warns when given both).
     lightning_main(None if argv is None else args)
+    # Tear the process group down before interpreter exit: left to exit, gloo can abort a finished rank
+    # ("terminate called without an active exception") and turn a good run into a failed exit code.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0

@@ -54,6 +54,9 @@ def main(out: str) -> None:
     rank = int(os.environ["RANK"])
     results = {name: run(name, rank) for name in CONFIGS}
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    # Left to interpreter exit, the gloo group sometimes aborts a rank after a successful run.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
