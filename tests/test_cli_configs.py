@@ -97,3 +97,24 @@ def test_xlmr_config_swaps_in_an_encoder():
     assert type(module.pooling).__name__ == "MeanPooling"
     assert module.layers == (1, 2, 4, 8, 16, 24)
     assert tuple(module.factorized_embedding.A.shape) == (250_002, 512)
+
+
+def test_print_config_gives_a_complete_config_that_parses_back_to_the_same_run(tmp_path, capsys):
+    from mlembed.cli import main
+
+    demo = str(ROOT / "configs/demo.yaml")
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", demo, "--config", str(ROOT / "callbacks/throughput.yaml"), "--print_config"])
+    assert exited.value.code in (0, None)
+    import yaml
+
+    printed = tmp_path / "my_run.yaml"
+    tree = yaml.safe_load(capsys.readouterr().out)
+    # fit's own keys; parse() reads the arguments shared by every subcommand, without one
+    assert tree.pop("ckpt_path") is None
+    tree.pop("weights_only", None)
+    printed.write_text(yaml.safe_dump(tree))
+    original = parse("--config", demo, "--config", str(ROOT / "callbacks/throughput.yaml")).as_dict()
+    again = parse("--config", str(printed)).as_dict()
+    original.pop("config"), again.pop("config")
+    assert again == original

@@ -41,6 +41,8 @@ def test_every_axis_combination_trains_from_the_cli(tiny_shards, tmp_path, mel, 
     assert main(fit_args(tiny_shards, tmp_path, *flags)) == 0
     metrics = next(tmp_path.glob("**/metrics.csv"), None)
     assert metrics is not None, "the run logged nothing"
+    saved = yaml.safe_load((metrics.parent / "config.yaml").read_text())  # the resolved config, next to the logs
+    assert saved["model"]["mel"]["enabled"] is mel and saved["data"]["init_args"]["stage1"]["steps"] == 1
     rows = list(csv.DictReader(metrics.open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
