@@ -56,26 +56,22 @@ def read_sts(path: str | Path) -> tuple[list[str], list[str], list[float]]:
 
 def read_bitext(path: str | Path) -> list[dict]:
     """Rows ``{"id", "lang", "src", "tgt"}`` of a bitext file (JSONL or TSV)."""
-    rows = []
-    for number, row in read_records(path, ("src", "tgt", "lang"), optional=1):
-        rows.append({
-            "id": str(row.get("id", number)),
-            "lang": parse_text(row.get("lang", DEFAULT_LANG), path, number, "lang"),
-            "src": parse_text(row["src"], path, number, "src"),
-            "tgt": parse_text(row["tgt"], path, number, "tgt"),
-        })
-    return rows
+    return _text_rows(path, ("src", "tgt"))
 
 
 def read_pairs(path: str | Path) -> list[dict]:
     """Rows ``{"id", "lang", "query", "positive"}`` of a pair-retrieval file (JSONL or TSV)."""
+    return _text_rows(path, ("query", "positive"))
+
+
+def _text_rows(path: str | Path, fields: tuple[str, str]) -> list[dict]:
+    """Rows ``{"id", "lang", *fields}``: two required texts, an optional language (default DEFAULT_LANG)."""
     rows = []
-    for number, row in read_records(path, ("query", "positive", "lang"), optional=1):
+    for number, row in read_records(path, (*fields, "lang"), optional=1):
         rows.append({
             "id": str(row.get("id", number)),
             "lang": parse_text(row.get("lang", DEFAULT_LANG), path, number, "lang"),
-            "query": parse_text(row["query"], path, number, "query"),
-            "positive": parse_text(row["positive"], path, number, "positive"),
+            **{name: parse_text(row[name], path, number, name) for name in fields},
         })
     return rows
 
