@@ -11,7 +11,9 @@ MFU = achieved FLOP/s / the GPU's dense bf16 peak, with the usual training FLOPs
 
     python benchmarks/bench_mfu.py [--batch 32] [--seq 512] [--steps 20] [--no-checkpointing]
 
-It needs CUDA and exits with a message without it.
+It needs CUDA and exits with a message without it. ``--cpu-smoke`` runs the same code path on the CPU with a
+two-layer Qwen3 of the same vocabulary (CPU FSDP over gloo, one process), so CI checks the script still works;
+its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ QWEN3_06B = {
     "max_position_embeddings": 40960, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
 }
 
+#: The --cpu-smoke model: Qwen3's vocabulary and architecture at toy size.
+TINY_QWEN3 = {**QWEN3_06B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,12 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-checkpointing", action="store_true", help="turn activation checkpointing off")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's bf16 peak")
+    parser.add_argument("--cpu-smoke", action="store_true", help="toy model on the CPU: checks the code path only")
     return parser.parse_args(argv)
 
 
 def peak_flops(args: argparse.Namespace) -> float:
     if args.peak_tflops:
         return args.peak_tflops * 1e12
+    if args.cpu_smoke:
+        return 1e12  # a nominal peak: the smoke run's MFU is meaningless
     name = torch.cuda.get_device_name()
     for fragment, peak in PEAK_BF16.items():
         if fragment in name:
@@ -74,16 +83,15 @@ def random_batch(args: argparse.Namespace, steps: int) -> list[dict]:
             for _ in range(steps)]
 
 
-def flops_per_token(module, seq: int) -> float:
+def flops_per_token(module, seq: int, cfg: dict) -> float:
     embedding = sum(p.numel() for p in module.backbone.model.get_input_embeddings().parameters())
     dense = sum(p.numel() for p in module.backbone.model.parameters()) - embedding
-    cfg = QWEN3_06B
     return 6 * dense + 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * seq
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.cpu_smoke:
         sys.exit("bench_mfu.py measures GPU throughput and needs CUDA; no CUDA device is visible here.")
     from lightning.pytorch import Callback, Trainer
     from lightning.pytorch.strategies import FSDPStrategy
@@ -93,43 +101,54 @@ def main(argv: list[str] | None = None) -> None:
     from mlembed.backbone import BackboneConfig
     from mlembed.module import EmbeddingModule
     from mlembed.optim import OptimizerConfig
-    from mlembed.strategies import TransformerLayerPolicy
+    from mlembed.strategies import CPUFSDPStrategy, TransformerLayerPolicy
+
+    smoke = args.cpu_smoke
+    config, rank = (TINY_QWEN3, 32) if smoke else (QWEN3_06B, 512)
+
+    def sync() -> None:
+        if not smoke:
+            torch.cuda.synchronize()
 
     class Clock(Callback):
         def __init__(self) -> None:
             self.times: list[float] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            torch.cuda.synchronize()
+            sync()
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            torch.cuda.synchronize()
+            sync()
             self.times.append(time.perf_counter() - self.start)
 
     module = EmbeddingModule(
-        BackboneConfig(config=QWEN3_06B, tokenizer=qwen_tokenizer(), max_seq_length=args.seq),
-        mel=MEL(rank=512), optimizer=OptimizerConfig(lr=1e-5, warmup_steps=1),
+        BackboneConfig(config=config, tokenizer=qwen_tokenizer(), max_seq_length=args.seq),
+        mel=MEL(rank=rank), optimizer=OptimizerConfig(lr=1e-5, warmup_steps=1),
     )
     module.configure_model()
     module.init_mel_from_svd()
-    per_token = flops_per_token(module, args.seq)
+    per_token = flops_per_token(module, args.seq, config)
     policy = None if args.no_checkpointing else TransformerLayerPolicy()
-    strategy = FSDPStrategy(auto_wrap_policy=TransformerLayerPolicy(), activation_checkpointing_policy=policy,
-                            state_dict_type="sharded")
+    kind, extra = (CPUFSDPStrategy, {"process_group_backend": "gloo"}) if smoke else (FSDPStrategy, {})
+    strategy = kind(auto_wrap_policy=TransformerLayerPolicy(), activation_checkpointing_policy=policy,
+                    state_dict_type="sharded", **extra)
     clock = Clock()
     steps = args.warmup + args.steps
-    trainer = Trainer(accelerator="gpu", devices=1, strategy=strategy, precision="bf16-mixed", max_steps=steps,
+    trainer = Trainer(accelerator="cpu" if smoke else "gpu", devices=1, strategy=strategy, precision="bf16-mixed", max_steps=steps,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[clock])
     trainer.fit(module, DataLoader(random_batch(args, steps), batch_size=None))
     seconds = statistics.median(clock.times[args.warmup :])
     tokens = 2 * args.batch * args.seq
     achieved = tokens / seconds * per_token
-    print(f"Qwen3-0.6B shape, MEL r=512 + MLL {module.layers} + MRL, FSDP bf16-mixed on {torch.cuda.get_device_name()}, "
+    device = "the CPU (smoke run: toy model, numbers mean nothing)" if smoke else torch.cuda.get_device_name()
+    shape = "toy Qwen3" if smoke else "Qwen3-0.6B shape"
+    memory = 0.0 if smoke else torch.cuda.max_memory_allocated() / 2**30
+    print(f"{shape}, MEL r={rank} + MLL {module.layers} + MRL, FSDP bf16-mixed on {device}, "
           f"batch {args.batch} pairs x {args.seq} tokens, checkpointing {'off' if args.no_checkpointing else 'on'}")
     print(f"  step {seconds * 1e3:.1f} ms (median of {args.steps}), {tokens / seconds:,.0f} tokens/s, "
           f"{achieved / 1e12:.1f} TFLOP/s, MFU {achieved / peak_flops(args):.1%} "
-          f"(peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
+          f"(peak memory {memory:.1f} GiB)")
     if not args.no_checkpointing:
         print("  MFU counts model FLOPs only: the recomputation of activation checkpointing is not credited.")
 

@@ -31,3 +31,12 @@ def test_mel_benchmark_prints_both_ratios_at_a_toy_shape():
     assert set(ratios) == {"time ratio", "memory ratio", "FLOP ratio"} and all(float(v) > 0 for v in ratios.values())
     distinct = int(re.search(r"\((\d+) distinct of 16\)", out).group(1))
     assert 1 <= distinct <= 16 and float(ratios["FLOP ratio"]) == pytest.approx(4000 / distinct, rel=0.01)
+
+
+@pytest.mark.distributed  # FSDP over a one-process gloo group
+def test_mfu_benchmark_code_path_runs_on_the_cpu():
+    """The GPU benchmark's path (FSDP per layer, activation checkpointing, bf16-mixed, all axes) on a toy model."""
+    out = run(str(ROOT / "benchmarks/bench_mfu.py"), "--cpu-smoke", "--batch", "2", "--seq", "16", "--steps", "2",
+              "--warmup", "1")
+    assert "toy Qwen3, MEL r=32 + MLL (1, 2) + MRL, FSDP bf16-mixed" in out
+    assert re.search(r"step [\d.]+ ms \(median of 2\), [\d,]+ tokens/s", out), out
