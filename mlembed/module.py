@@ -269,7 +269,6 @@ class EmbeddingModule(LightningModule):
     def _cached_update(self, cached: CachedStep) -> None:
         """The cached backward, then what automatic optimization would do: clip, step, schedule."""
         strategy = self.trainer.strategy
-        reject_sharded(strategy)
         optimizer = self.optimizers()
         optimizer.zero_grad()
         cached.backward(self.manual_backward, getattr(strategy, "block_backward_sync", contextlib.nullcontext))
@@ -311,6 +310,8 @@ class EmbeddingModule(LightningModule):
             return self.pooled(batch["query"], [self.backbone.depth])[self.backbone.depth]
 
     def configure_optimizers(self) -> dict:
+        if self.grad_cache:
+            reject_sharded(self.trainer.strategy)  # once, before the first step
         # trainer.model, not self: under FSDP only the wrapped module's (flat) parameters are real.
         return self.optimizer_config.build(self.trainer.model.parameters(), int(self.trainer.estimated_stepping_batches))
 
@@ -334,7 +335,6 @@ class EmbeddingModule(LightningModule):
             dims=tuple(sorted(self.dims)),
         )
 
-    @torch.no_grad()
     def embed(
         self,
         texts: Sequence[str],

@@ -12,14 +12,10 @@ import sys
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from torch.utils.data import DataLoader
 
-from mlembed.axes import MEL, MLL, MRL
 from mlembed.callbacks import ModelExport
-from mlembed.optim import OptimizerConfig
-from tests.distributed.common import WORLD, full_batch, rank_rows
-from tests.distributed.fsdp_worker import STEPS, Probe, strategy_from_yaml
-from tests.helpers import tiny_backbone
+from tests.distributed.common import WORLD
+from tests.distributed.fsdp_worker import probe_run, strategy_from_yaml
 
 
 class SaveProbe(Callback):
@@ -34,14 +30,7 @@ class SaveProbe(Callback):
 
 
 def main(out: str) -> None:
-    rank = int(os.environ["RANK"])
-    module = Probe(tiny_backbone("bert", layers=3), mel=MEL(rank=32, ranks=[8, 16, 32]), mll=MLL(), mrl=MRL(),
-                   optimizer=OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0))
-    module.configure_model()
-    module.init_mel_from_svd()
-    batch = full_batch(module)
-    train = DataLoader([rank_rows(batch, rank)] * STEPS, batch_size=None)
-    val = DataLoader([batch], batch_size=None)
+    module, train, val = probe_run(int(os.environ["RANK"]))
     export = ModelExport(out_dir=os.path.join(out, "export"), mode=["compat", "efficiency"])
     trainer = Trainer(accelerator="cpu", devices=WORLD, strategy=strategy_from_yaml(), max_epochs=1,
                       precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,

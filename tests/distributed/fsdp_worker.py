@@ -71,8 +71,8 @@ def strategy_from_yaml() -> Strategy:
     return parser.instantiate(parser.parse_object({"strategy": config})).strategy
 
 
-def main(out: str) -> None:
-    rank = int(os.environ["RANK"])
+def probe_run(rank: int) -> tuple[Probe, DataLoader, DataLoader]:
+    """The SVD-initialised tiny module with all axes, this rank's training rows and the shared validation batch."""
     module = Probe(tiny_backbone("bert", layers=3), mel=MEL(rank=32, ranks=[8, 16, 32]), mll=MLL(), mrl=MRL(),
                    optimizer=OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0))
     module.configure_model()
@@ -80,6 +80,11 @@ def main(out: str) -> None:
     batch = full_batch(module)
     train = DataLoader([rank_rows(batch, rank)] * STEPS, batch_size=None)
     val = DataLoader([batch], batch_size=None)  # every rank embeds the same rows
+    return module, train, val
+
+
+def main(out: str) -> None:
+    module, train, val = probe_run(int(os.environ["RANK"]))
     trainer = Trainer(accelerator="cpu", devices=WORLD, strategy=strategy_from_yaml(), max_epochs=1,
                       precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
