@@ -18,7 +18,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from mlembed import sharded
 from mlembed.module import EmbeddingModule
+from mlembed.sharded import is_sharded_checkpoint
 from mlembed.wandb_config import WandbSaveConfig
 
 #: Subcommands that are not Lightning's, as ``module:function`` taking argv and returning an exit code.
@@ -75,27 +77,35 @@ class MLEmbedCLI(LightningCLI):
         if not value or value in SPECIAL_CKPT_PATHS or str(value).startswith("registry") or "://" in str(value):
             return None  # Lightning resolves these (and remote paths) itself
         path = Path(value)
+        if path.is_dir():
+            # FSDP with state_dict_type "sharded" saves a directory: one file per rank plus the metadata.
+            if not is_sharded_checkpoint(path):
+                raise FileNotFoundError(f"--ckpt_path {path} is a directory but not a sharded Lightning checkpoint "
+                                        f"(it lacks {sharded.METADATA} or {sharded.TENSOR_INDEX})")
+            return path
         if not path.is_file():
-            raise FileNotFoundError(f"--ckpt_path {path} does not exist (or is not a file)")
+            raise FileNotFoundError(f"--ckpt_path {path} does not exist")
         return path
 
 
 def read_hyperparameters(path: Path) -> dict:
     """The model hyperparameters saved in the Lightning checkpoint ``path`` (empty when it has none).
 
+    ``path`` is a checkpoint file, or a sharded checkpoint directory, whose metadata file is read instead.
     ``weights_only=True`` unpickles only tensors and plain containers, so the file cannot run code; that is
     enough because LightningCLI saves the model's settings as plain dicts. ``mmap`` leaves the weights and the
     optimizer state on disk, since only the hyperparameters are needed here.
     """
+    file = path / sharded.METADATA if path.is_dir() else path
     # torch.save writes zip archives (mmap needs one); anything else would fail with a message about mmap.
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint (not an archive written by torch.save)")
+    if not zipfile.is_zipfile(file):
+        raise ValueError(f"--ckpt_path {file} is not a Lightning checkpoint (not an archive written by torch.save)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many kinds; all mean the file is not a checkpoint we can read
-        raise ValueError(f"--ckpt_path {path} could not be read as a Lightning checkpoint: {err}") from err
+        raise ValueError(f"--ckpt_path {file} could not be read as a Lightning checkpoint: {err}") from err
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
+        raise ValueError(f"--ckpt_path {file} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
     return checkpoint.get("hyper_parameters") or {}
 
 

@@ -10,6 +10,7 @@ default and implements the ``mlembed.encoder.Encoder`` protocol for evaluation.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 
 from mlembed.encoder import MatryoshkaPoints, truncate_normalize
 from mlembed.module import EmbeddingModule
+from mlembed.sharded import consolidate, is_sharded_checkpoint
 
 if TYPE_CHECKING:
     from mlembed.export import Manifest
@@ -141,7 +143,7 @@ def load(
     from mlembed.export import resolve_point
 
     path = Path(source)
-    if not path.is_dir():
+    if not path.is_dir() or is_sharded_checkpoint(path):
         module = load_checkpoint(path).to(device)
         point = resolve_point(module, rank=rank, depth=depth, dim=dim)
         return Embedder(module, rank=point.rank, depth=point.depth, dim=point.dim)
@@ -162,13 +164,17 @@ def load_checkpoint(path: str | os.PathLike) -> EmbeddingModule:
     """Restore an EmbeddingModule from a Lightning checkpoint (plain ``Trainer.fit`` or LightningCLI).
 
     Lightning rebuilds the module from the saved hyperparameters: dataclass objects for ``Trainer.fit``,
-    jsonargparse through the checkpoint's instantiator for LightningCLI.
+    jsonargparse through the checkpoint's instantiator for LightningCLI. ``path`` is a checkpoint file or the
+    directory of a sharded (FSDP) checkpoint, whose model shards are merged in memory.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        raise FileNotFoundError(f"checkpoint {path} is a directory but not a sharded Lightning checkpoint")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        module = EmbeddingModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        source = _merged(path) if path.is_dir() else path
+        module = EmbeddingModule.load_from_checkpoint(source, map_location="cpu", weights_only=False)
     except Exception as err:  # torch.load and Lightning raise many kinds; all mean the file is unusable
         raise ValueError(f"checkpoint {path} could not be read as an mlembed EmbeddingModule: {err}") from err
     factors = module.factorized_embedding
@@ -177,6 +183,14 @@ def load_checkpoint(path: str | os.PathLike) -> EmbeddingModule:
             raise ValueError(f"checkpoint {path} holds MEL factors that were never initialised")
         factors.source_weight = None  # the random matrix built before restoring; the factors replace it
     return module.eval()
+
+
+def _merged(directory: Path) -> io.BytesIO:
+    """The sharded checkpoint ``directory`` as the bytes of a one-file checkpoint (what Lightning loads)."""
+    buffer = io.BytesIO()
+    torch.save(consolidate(directory), buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def load_export(directory: str | os.PathLike) -> tuple[EmbeddingModule, Manifest]:

@@ -183,13 +183,14 @@ def _gather_checkpoint(trainer: Trainer, pl_module: LightningModule, directory: 
     """A Lightning-format checkpoint file of the whole weights, written on global rank 0 (None on the others).
 
     Every rank writes its shard with ``trainer.save_checkpoint`` (weights only); rank 0 merges a sharded
-    (directory) checkpoint into one file with torch's ``dcp_to_torch_save``. The hyperparameters come from the
+    (directory) checkpoint's model tensors with ``mlembed.sharded.model_state``. The hyperparameters come from the
     module in memory, not from the checkpoint's metadata file (its dataclasses fail torch's weights-only load).
     Gathering a full state dict in memory instead crashed FSDP on CPU (NOTES-lightning.md), this path does not.
     """
     import lightning
     import torch
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from mlembed.sharded import model_state
 
     if trainer.is_global_zero:
         directory.mkdir(parents=True, exist_ok=True)
@@ -200,8 +201,7 @@ def _gather_checkpoint(trainer: Trainer, pl_module: LightningModule, directory: 
     if not trainer.is_global_zero:
         return None
     if saved.is_dir():
-        dcp_to_torch_save(saved, work / "merged.pt")
-        state = torch.load(work / "merged.pt", map_location="cpu", weights_only=True)["model"]
+        state = model_state(saved)
     else:
         state = torch.load(saved, map_location="cpu", weights_only=False)["state_dict"]
     # What Lightning's own checkpoints hold for load_from_checkpoint: the weights and the hyperparameters.

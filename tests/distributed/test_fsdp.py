@@ -23,6 +23,12 @@ def fsdp_run(tmp_path_factory):
     return out, torch.load(out / "probe.pt", weights_only=False)
 
 
+@pytest.fixture(scope="module")
+def consolidated(fsdp_run) -> str:
+    """The run's sharded checkpoint through Lightning's own consolidation."""
+    return consolidate(fsdp_run[0] / "sharded.ckpt")
+
+
 def consolidate(sharded) -> str:
     """Lightning's own consolidation (the command docs/scale-out.md gives), run as a user would."""
     # The module's hyperparameters are dataclasses: the sharded metadata needs a full (not weights-only) load.
@@ -41,10 +47,9 @@ def test_fsdp_wraps_every_layer_checkpoints_them_and_samples_mel_ranks(fsdp_run)
     assert (out / "sharded.ckpt").is_dir() and len(list((out / "sharded.ckpt").glob("*.distcp"))) == 2
 
 
-def test_consolidated_checkpoint_loads_into_a_fresh_module_with_the_same_embeddings(fsdp_run):
+def test_consolidated_checkpoint_loads_into_a_fresh_module_with_the_same_embeddings(fsdp_run, consolidated):
     out, probe = fsdp_run
-    path = consolidate(out / "sharded.ckpt")
-    module = EmbeddingModule.load_from_checkpoint(path, weights_only=False).eval()
+    module = EmbeddingModule.load_from_checkpoint(consolidated, weights_only=False).eval()
     factors = module.factorized_embedding
     assert tuple(factors.A.shape) == (30522, 32) and bool(factors.initialized)
     batch = full_batch(module)
@@ -59,3 +64,25 @@ def test_consolidated_checkpoint_loads_into_a_fresh_module_with_the_same_embeddi
     with torch.no_grad():
         before = fresh.eval().pooled(batch["query"], [depth])[depth]
     assert (before - probe["embeddings"]).abs().max() > 1e-3
+
+
+def test_mlembed_reads_the_sharded_directory_itself_exactly_as_lightning_consolidates_it(fsdp_run, consolidated,
+                                                                                        tmp_path):
+    from mlembed.export import main as export_main
+    from mlembed.loading import load, load_checkpoint
+
+    out, probe = fsdp_run
+    sharded = out / "sharded.ckpt"
+    reference = torch.load(consolidated, map_location="cpu", weights_only=False)["state_dict"]
+    module = load_checkpoint(sharded)  # no consolidation step: the shards are merged in memory
+    state = module.state_dict()
+    assert set(state) == set(reference)
+    for key, tensor in reference.items():
+        torch.testing.assert_close(state[key], tensor, atol=0, rtol=0, msg=key)
+    # the user's commands take the directory too: export, and mlembed.load for evaluation
+    assert export_main(["--ckpt", str(sharded), "--out", str(tmp_path / "export"), "--mode", "efficiency"]) == 0
+    depth = module.backbone.depth
+    batch = full_batch(module)
+    with torch.no_grad():
+        got = load(sharded).module.pooled(batch["query"], [depth])[depth]
+    torch.testing.assert_close(got, probe["embeddings"], atol=1e-5, rtol=1e-5)

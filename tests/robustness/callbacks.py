@@ -16,7 +16,8 @@ class SimulatedKill(RuntimeError):
 class StepRecorder(Callback):
     """Appends one JSON line per training step (step, loss, stage, MEL rank) to ``path``.
 
-    Appending (not overwriting) lets a killed run and its resumption write one sequence between them.
+    Appending (not overwriting) lets a killed run and its resumption write one sequence between them. Only
+    global rank 0 writes, so processes of a distributed run do not interleave their lines.
 
     Args:
         path: the JSON-lines file.
@@ -26,6 +27,8 @@ class StepRecorder(Callback):
         self.path = Path(path)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank != 0:
+            return
         # A skipped (non-finite) step has no loss in its outputs.
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         loss = None if loss is None else loss.item()
