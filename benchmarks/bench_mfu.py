@@ -7,7 +7,9 @@ configs/trainer/fsdp.yaml's (one unit per layer, activation checkpointing option
 
 MFU = achieved FLOP/s / the GPU's dense bf16 peak, with the usual training FLOPs per token
 6 * N (N = parameters outside the token embedding; MEL's gather-first embedding is negligible) plus attention
-12 * layers * hidden * seq. Tokens are the query + positive tokens of a step.
+12 * layers * heads * head_dim * seq (Qwen3-0.6B's attention is 16 x 128 = 2,048 wide, twice its hidden size).
+Tokens are the query + positive tokens of a step. tests/test_benchmarks.py checks the count against torch's
+FLOP counter on a tiny Qwen3.
 
     python benchmarks/bench_mfu.py [--batch 32] [--seq 512] [--steps 20] [--no-checkpointing]
 
@@ -83,10 +85,19 @@ def random_batch(args: argparse.Namespace, steps: int) -> list[dict]:
             for _ in range(steps)]
 
 
-def flops_per_token(module, seq: int, cfg: dict) -> float:
-    embedding = sum(p.numel() for p in module.backbone.model.get_input_embeddings().parameters())
-    dense = sum(p.numel() for p in module.backbone.model.parameters()) - embedding
-    return 6 * dense + 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * seq
+def flops_per_token(model: torch.nn.Module, seq: int, cfg: dict) -> float:
+    """Training FLOPs (forward + backward) per token of the Hugging Face ``model`` built from ``cfg``.
+
+    Args:
+        model: the base model (no LM head: an embedding model never computes one).
+        seq: tokens per text (attention's cost per token grows with it).
+        cfg: the model's config dict (layers, heads, head_dim).
+    """
+    embedding = sum(p.numel() for p in model.get_input_embeddings().parameters())
+    dense = sum(p.numel() for p in model.parameters()) - embedding
+    heads = cfg["num_attention_heads"]
+    width = heads * cfg.get("head_dim", cfg["hidden_size"] // heads)
+    return 6 * dense + 12 * cfg["num_hidden_layers"] * width * seq
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     module.configure_model()
     module.init_mel_from_svd()
-    per_token = flops_per_token(module, args.seq, config)
+    per_token = flops_per_token(module.backbone.model, args.seq, config)
     policy = None if args.no_checkpointing else TransformerLayerPolicy()
     kind, extra = (CPUFSDPStrategy, {"process_group_backend": "gloo"}) if smoke else (FSDPStrategy, {})
     strategy = kind(auto_wrap_policy=TransformerLayerPolicy(), activation_checkpointing_policy=policy,

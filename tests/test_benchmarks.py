@@ -40,3 +40,28 @@ def test_mfu_benchmark_code_path_runs_on_the_cpu():
               "--warmup", "1")
     assert "toy Qwen3, MEL r=32 + MLL (1, 2) + MRL, FSDP bf16-mixed" in out
     assert re.search(r"step [\d.]+ ms \(median of 2\), [\d,]+ tokens/s", out), out
+
+
+def test_mfu_flop_count_matches_torchs_flop_counter_on_a_tiny_qwen3():
+    """The MFU numerator: 6 N + 12 L (heads x head_dim) S per token, against the matmuls torch actually runs."""
+    import importlib.util
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoConfig, AutoModel
+
+    spec = importlib.util.spec_from_file_location("bench_mfu", ROOT / "benchmarks/bench_mfu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # attention 4 x 32 = 128 wide on a 64-wide model, as Qwen3-0.6B's is twice its hidden size
+    cfg = {**bench.TINY_QWEN3, "vocab_size": 1000, "hidden_size": 64, "head_dim": 32}
+    config = AutoConfig.for_model(**cfg)
+    config._attn_implementation = "eager"  # plain matmuls, which the counter sees
+    model = AutoModel.from_config(config)
+    batch, seq = 2, 48
+    ids = torch.randint(0, cfg["vocab_size"], (batch, seq))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids).last_hidden_state.sum().backward()
+    expected = bench.flops_per_token(model, seq, cfg) * batch * seq
+    # what the formula counts but the counter does not: the norm weights (no matmul); nothing else differs
+    assert counter.get_total_flops() == pytest.approx(expected, rel=0.01)
