@@ -178,8 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(_tool(args[0])(args[1:]) or 0)
     # None lets LightningCLI read sys.argv itself (it warns when given both).
     lightning_main(None if argv is None else args)
-    # Tear the process group down before interpreter exit: left to exit, gloo can abort a finished rank
-    # ("terminate called without an active exception") and turn a good run into a failed exit code.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    release_process_group()
     return 0
+
+
+def release_process_group() -> None:
+    """Tear the process group down, all ranks together, before the interpreter exits.
+
+    Left to interpreter exit, gloo can abort a finished rank ("terminate called without an active exception")
+    and turn a good run into a failed exit code. The barrier first makes every rank finish its last collective,
+    so no rank closes its connections while a peer still talks to it.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    try:
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
