@@ -43,13 +43,18 @@ def model_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The whole (unsharded) model state dict in the sharded checkpoint ``path``, on the CPU.
 
     Raises:
-        ValueError: when the directory holds no model tensors under Lightning's key.
+        ValueError: when the directory holds no model tensors under Lightning's key, or a shard is missing or
+            unreadable (the message names the directory and the file).
     """
     from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     reader = FileSystemReader(str(path))
-    index = reader.read_metadata()
+    try:
+        index = reader.read_metadata()
+    except Exception as err:  # a truncated or foreign index: unpickling raises many kinds
+        raise ValueError(f"sharded checkpoint {path}: its index {TENSOR_INDEX} could not be read: {err}") from err
     # planner_data maps each flat key to its path in the saved nested dict: ("model", "<module key>").
     paths = index.planner_data or {}
     wanted = {}
@@ -59,8 +64,21 @@ def model_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             wanted[nested[1]] = torch.empty(item.size, dtype=item.properties.dtype)
     if not wanted:
         raise ValueError(f"sharded checkpoint {path} holds no model tensors (no '{MODEL_KEY}.*' entries)")
-    load({MODEL_KEY: wanted}, storage_reader=reader, no_dist=True)
+    try:
+        load({MODEL_KEY: wanted}, storage_reader=reader, no_dist=True)
+    except CheckpointException as err:  # a BaseException: it would get past the callers' error handling
+        raise ValueError(f"sharded checkpoint {path} could not be read: {_first_failure(err)}") from None
     return wanted
+
+
+def _first_failure(err) -> str:
+    """The underlying error of a CheckpointException (its failures map each rank to (exception, traceback))."""
+    for failure in err.failures.values():
+        cause = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(cause, OSError) and cause.filename:
+            return f"{cause.strerror}: {cause.filename}"
+        return repr(cause)
+    return str(err)
 
 
 def consolidate(path: str | os.PathLike, *, weights_only: bool = False) -> dict:

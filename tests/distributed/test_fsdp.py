@@ -86,3 +86,23 @@ def test_mlembed_reads_the_sharded_directory_itself_exactly_as_lightning_consoli
     with torch.no_grad():
         got = load(sharded).module.pooled(batch["query"], [depth])[depth]
     torch.testing.assert_close(got, probe["embeddings"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["missing shard", "truncated index"])
+def test_a_damaged_sharded_checkpoint_is_named_and_nothing_is_written(fsdp_run, tmp_path, capsys, damage):
+    import shutil
+
+    from mlembed.export import main as export_main
+
+    broken = shutil.copytree(fsdp_run[0] / "sharded.ckpt", tmp_path / "broken.ckpt")
+    if damage == "missing shard":
+        (broken / "__1_0.distcp").unlink()
+        expected = str(broken / "__1_0.distcp")
+    else:
+        index = broken / ".metadata"
+        index.write_bytes(index.read_bytes()[:100])
+        expected = ".metadata could not be read"
+    assert export_main(["--ckpt", str(broken), "--out", str(tmp_path / "export")]) == 2
+    message = capsys.readouterr().err
+    assert str(broken) in message and expected in message, message
+    assert not (tmp_path / "export").exists()
