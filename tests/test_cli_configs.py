@@ -125,8 +125,11 @@ def test_the_multi_node_flags_of_the_scale_out_docs_parse():
     config = parse("--config", str(ROOT / "configs/qwen3_0.6b.yaml"), "--config", str(ROOT / "configs/trainer/fsdp.yaml"),
                    "--trainer.num_nodes", "4", "--trainer.devices", "8",
                    "--trainer.strategy.init_args.sharding_strategy", "HYBRID_SHARD")
+    from torch.distributed.fsdp import ShardingStrategy
+
     strategy = config.trainer.strategy
     assert (config.trainer.num_nodes, int(config.trainer.devices)) == (4, 8)  # Lightning reads "8" as 8
     assert strategy.class_path == "lightning.pytorch.strategies.FSDPStrategy"
-    assert strategy.init_args.sharding_strategy == "HYBRID_SHARD" and strategy.init_args.state_dict_type == "sharded"
+    assert strategy.init_args.sharding_strategy == ShardingStrategy.HYBRID_SHARD
+    assert strategy.init_args.state_dict_type == "sharded"
     assert strategy.init_args.auto_wrap_policy.class_path == "mlembed.strategies.TransformerLayerPolicy"
