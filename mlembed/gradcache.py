@@ -165,15 +165,3 @@ class CachedStep:
             start = offsets[chunk.side]
             chunk.grads = {layer: g[start : start + rows] for layer, g in per_side[chunk.side].items()}
             offsets[chunk.side] += rows
-
-
-def reject_sharded(strategy) -> None:
-    """Refuse FSDP: gradient caching re-runs forwards after a backward inside one step, which FSDP's root unit
-    does not allow. A configuration error, so it is raised before training starts."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if isinstance(strategy, FSDPStrategy):
-        raise ValueError(
-            "--model.grad_cache is supported on one device and with DDP, not with FSDP (the root unit reshards "
-            "after the first backward); use strategy ddp, or turn grad_cache off and add GPUs"
-        )

@@ -15,7 +15,7 @@ from mlembed.axes.mrl import MRL
 from mlembed.backbone import Backbone, BackboneConfig, count_parameters
 from mlembed.batch import uses_in_batch_negatives
 from mlembed.encoder import MatryoshkaPoints
-from mlembed.gradcache import CachedStep, GradCache, reject_sharded
+from mlembed.gradcache import CachedStep, GradCache
 from mlembed.losses import ContrastiveLoss, gather_single_process
 from mlembed.optim import OptimizerConfig
 from mlembed.pooling import LastTokenPooling, MeanPooling, Pooling
@@ -173,6 +173,10 @@ class EmbeddingModule(LightningModule):
                 self.mel_rank = before
 
     # -- forward ------------------------------------------------------------------------------------
+    def forward(self, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """``pooled``: what a wrapper of this module (the FSDP root) runs when it is called."""
+        return self.pooled(inputs, layers)
+
     def pooled(self, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Pooled, un-normalised embeddings [B, H] of ``inputs`` at each layer in ``layers``."""
         mask = inputs["attention_mask"]
@@ -260,23 +264,44 @@ class EmbeddingModule(LightningModule):
     def cached_step(self, batch: dict, layers: Sequence[int], chunk_size: int) -> CachedStep:
         """model_step with gradient caching: call ``.loss()``, then ``.backward(self.manual_backward)``."""
         return CachedStep(
-            embed=lambda inputs: self.pooled(inputs, layers),
+            embed=self._chunk_embedder(layers),
             inputs=(batch["query"], _stack_inputs(batch["positive"], batch.get("negatives"))),
             objective=lambda queries, docs: self.loss_on_embeddings(batch, queries, docs, layers),
             chunk_size=chunk_size,
         )
+
+    def _chunk_embedder(self, layers: Sequence[int]):
+        """How gradient caching embeds one chunk: ``inputs -> {layer: [rows, H]}``."""
+        sharded = self._sharded_root()
+        if sharded is None:
+            return lambda inputs: self.pooled(inputs, layers)
+        # Under FSDP every chunk goes through the root unit's forward (our ``forward``): the backward of one chunk
+        # reshards the root-level parameters (embeddings, MEL factors, final norm), and only the root's forward
+        # gathers them again. Each chunk is then an ordinary FSDP forward/backward pair, as in accumulation.
+        return lambda inputs: sharded(inputs, layers)
 
     def _cached_update(self, cached: CachedStep) -> None:
         """The cached backward, then what automatic optimization would do: clip, step, schedule."""
         strategy = self.trainer.strategy
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        cached.backward(self.manual_backward, getattr(strategy, "block_backward_sync", contextlib.nullcontext))
+        # FSDP reduce-scatters each chunk's gradient into the shards (its no_sync needs an idle root, and would
+        # keep whole unsharded gradients); DDP all-reduces once, after the last chunk.
+        no_sync = contextlib.nullcontext if self._sharded_root() is not None else getattr(
+            strategy, "block_backward_sync", contextlib.nullcontext)
+        cached.backward(self.manual_backward, no_sync)
         self.configure_gradient_clipping(optimizer, self.grad_cache.gradient_clip_val, "norm")
         optimizer.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+
+    def _sharded_root(self) -> torch.nn.Module | None:
+        """The FSDP unit wrapping this module during fit, or None (one device, DDP, or no trainer)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self._trainer.model if self._trainer is not None else None
+        return model if isinstance(model, FullyShardedDataParallel) else None
 
     def _nonfinite(self, loss: torch.Tensor, batch: dict) -> None:
         where = (f"step {self.global_step}, source {batch.get('source')!r}, ids {list(batch.get('ids', []))[:4]}, "
@@ -310,8 +335,6 @@ class EmbeddingModule(LightningModule):
             return self.pooled(batch["query"], [self.backbone.depth])[self.backbone.depth]
 
     def configure_optimizers(self) -> dict:
-        if self.grad_cache:
-            reject_sharded(self.trainer.strategy)  # once, before the first step
         # trainer.model, not self: under FSDP only the wrapped module's (flat) parameters are real.
         return self.optimizer_config.build(self.trainer.model.parameters(), int(self.trainer.estimated_stepping_batches))
 
