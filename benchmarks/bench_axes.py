@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import minilm_dir, sentence_pairs
+from common import kib, make_batch, minilm_dir, sentence_pairs
 
 from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
@@ -31,7 +31,6 @@ from mlembed.axes.mrl import MRL
 from mlembed.backbone import BackboneConfig
 from mlembed.module import EmbeddingModule
 from mlembed.pooling import MeanPooling
-from mlembed.text import text_hash
 
 #: name -> (MEL, MLL, MRL) switched on
 VARIANTS = {
@@ -59,30 +58,11 @@ def build(variant: str, max_len: int) -> tuple[EmbeddingModule, torch.optim.Opti
     return module, torch.optim.AdamW(module.parameters(), lr=1e-5)
 
 
-def make_batch(module: EmbeddingModule, pairs: list[tuple[str, str]]) -> dict:
-    """A batch dict in mlembed.batch's format: queries, positives, hashes, in-batch negatives only."""
-    queries, positives = [q for q, _ in pairs], [p for _, p in pairs]
-    return {
-        "query": module.text_tokenizer(queries), "positive": module.text_tokenizer(positives), "num_negatives": 0,
-        "query_hash": torch.tensor([text_hash(t) for t in queries]),
-        "positive_hash": torch.tensor([text_hash(t) for t in positives]),
-        "task": "retrieval", "source": "lee", "stage": 1, "ids": [str(i) for i in range(len(pairs))],
-    }
-
-
 def train_step(module: EmbeddingModule, optimizer: torch.optim.Optimizer, batch: dict) -> None:
     loss, _ = module.model_step(batch, module.layers)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def kib(field: str) -> int:
-    """A field of /proc/self/status (VmRSS, VmHWM) in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
 
 
 def memory_worker(variant: str, args: argparse.Namespace) -> int:

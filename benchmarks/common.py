@@ -1,11 +1,14 @@
-"""What several benchmarks share: the shipped MiniLM and real sentence pairs (import as ``from common import``;
+"""What several benchmarks share: the shipped MiniLM, real sentence pairs, their batch, and the RSS counters (import as ``from common import``;
 the scripts run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from mlembed.paths import resolve_path
+from mlembed.text import text_hash
 
 
 def minilm_dir() -> str:
@@ -14,9 +17,35 @@ def minilm_dir() -> str:
 
 
 def sentence_pairs(count: int) -> list[tuple[str, str]]:
-    """Consecutive sentences of gensim's Lee corpus as (query, positive) pairs: real, distinct texts."""
+    """Consecutive sentences of gensim's Lee corpus as (query, positive) pairs: real, distinct texts.
+
+    The 50 rated documents (``lee.cor``) give the first 74 pairs; the 300 background documents follow.
+    """
     from gensim.test.utils import datapath
 
-    text = Path(datapath("lee.cor")).read_text(errors="replace")
-    sentences = [s.strip() for s in text.replace("\n", " ").split(". ") if len(s.split()) > 4]
+    sentences = []
+    for name in ("lee.cor", "lee_background.cor"):
+        text = Path(datapath(name)).read_text(errors="replace")
+        sentences += [s.strip() for s in text.replace("\n", " ").split(". ") if len(s.split()) > 4]
+    if 2 * count > len(sentences):
+        raise SystemExit(f"only {len(sentences) // 2} sentence pairs in gensim's Lee corpora; asked for {count}")
     return [(sentences[2 * i], sentences[2 * i + 1]) for i in range(count)]
+
+
+def make_batch(module, pairs: list[tuple[str, str]]) -> dict:
+    """A batch dict in mlembed.batch's format: queries, positives, hashes, in-batch negatives only."""
+    queries, positives = [q for q, _ in pairs], [p for _, p in pairs]
+    return {
+        "query": module.text_tokenizer(queries), "positive": module.text_tokenizer(positives), "num_negatives": 0,
+        "query_hash": torch.tensor([text_hash(t) for t in queries]),
+        "positive_hash": torch.tensor([text_hash(t) for t in positives]),
+        "task": "retrieval", "source": "lee", "stage": 1, "ids": [str(i) for i in range(len(pairs))],
+    }
+
+
+def kib(field: str) -> int:
+    """A field of /proc/self/status (VmRSS, VmHWM) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)

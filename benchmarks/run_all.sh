@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
 python -c "from mlembed.data.demo import build_demo; build_demo('data/demo')"
-for bench in bench_mel bench_axes bench_vs_sentence_transformers bench_efficiency bench_loader bench_eval_grid; do
+for bench in bench_mel bench_axes bench_vs_sentence_transformers bench_efficiency bench_gradcache bench_loader bench_eval_grid; do
   args=()
   if [ "$bench" = bench_eval_grid ]; then args=(--data-dir data/demo); fi
   echo "== python benchmarks/$bench.py ${args[*]:-}"

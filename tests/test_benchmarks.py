@@ -65,3 +65,15 @@ def test_mfu_flop_count_matches_torchs_flop_counter_on_a_tiny_qwen3():
     expected = bench.flops_per_token(model, seq, cfg) * batch * seq
     # what the formula counts but the counter does not: the norm weights (no matmul); nothing else differs
     assert counter.get_total_flops() == pytest.approx(expected, rel=0.01)
+
+
+def test_gradcache_benchmark_prints_memory_and_time_ratios_with_equal_losses():
+    out = run(str(ROOT / "benchmarks/bench_gradcache.py"), "--batch", "4", "--chunk", "2", "--max-len", "8",
+              "--repeats", "1", "--threads", "1")
+    for pairs in (4, 8):
+        line = re.search(rf"batch {pairs}: cached / uncached peak memory ([\d.]+)x, step time ([\d.]+)x, "
+                         r"\|loss difference\| ([\d.e+-]+)", out)
+        assert line, out
+        assert float(line.group(1)) > 0 and float(line.group(2)) > 0
+        assert float(line.group(3)) < 1e-4  # the cached step computes the uncached loss
+    assert re.search(r"doubling the batch: uncached peak memory [\d.]+x, cached [\d.]+x", out)
