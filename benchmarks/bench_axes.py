@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from common import kib, make_batch, minilm_dir, sentence_pairs
+from common import interleaved_medians, kib, make_batch, minilm_dir, sentence_pairs
 
 from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
@@ -81,17 +80,10 @@ def time_all(args: argparse.Namespace) -> dict[str, float]:
     pairs = sentence_pairs(args.batch)
     built = {name: build(name, args.max_len) for name in VARIANTS}
     batches = {name: make_batch(module, pairs) for name, (module, _) in built.items()}
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for name, (module, optimizer) in built.items():
         train_step(module, optimizer, batches[name])  # warm-up
-    names = list(built)
-    for round_ in range(args.repeats):
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # no variant always first
-            module, optimizer = built[name]
-            start = time.perf_counter()
-            train_step(module, optimizer, batches[name])
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return interleaved_medians({name: partial(train_step, *built[name], batches[name]) for name in built},
+                               args.repeats)
 
 
 def main() -> None:

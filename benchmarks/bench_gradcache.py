@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from common import kib, make_batch, minilm_dir, sentence_pairs
+from common import interleaved_medians, kib, make_batch, minilm_dir, sentence_pairs
 
 from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
@@ -81,15 +80,8 @@ def time_all(args: argparse.Namespace) -> dict[str, float]:
     table = variants(args)
     built = {name: build(args.max_len) for name in table}
     batches = {name: make_batch(built[name][0], sentence_pairs(pairs)) for name, (pairs, _) in table.items()}
-    times: dict[str, list[float]] = {name: [] for name in table}
-    names = list(table)
-    for round_ in range(args.repeats):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            module, optimizer = built[name]
-            start = time.perf_counter()
-            step(module, optimizer, batches[name], table[name][1])
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return interleaved_medians({name: partial(step, *built[name], batches[name], table[name][1]) for name in table},
+                               args.repeats)
 
 
 def main() -> None:
@@ -120,7 +112,8 @@ def main() -> None:
               f"{measured[name]['loss']:9.5f}")
     for pairs in (args.batch, 2 * args.batch):
         cached, plain = f"cached {pairs}", f"uncached {pairs}"
-        print(f"  batch {pairs}: cached / uncached peak memory {measured[cached]['bytes'] / measured[plain]['bytes']:.2f}x, "
+        memory = measured[cached]["bytes"] / measured[plain]["bytes"]
+        print(f"  batch {pairs}: cached / uncached peak memory {memory:.2f}x, "
               f"step time {seconds[cached] / seconds[plain]:.2f}x, "
               f"|loss difference| {abs(measured[cached]['loss'] - measured[plain]['loss']):.1e}")
     small, large = args.batch, 2 * args.batch

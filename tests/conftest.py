@@ -59,3 +59,11 @@ def qwen_tokenizer_dir() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> dict[str, Path]:
+    """Two-stage shards of tests/robustness/fixtures, built once through ``mlembed shards`` for every CLI test."""
+    from tests.robustness.tiny_run import build_shards
+
+    return build_shards(tmp_path_factory.mktemp("tiny_shards"))

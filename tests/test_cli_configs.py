@@ -122,8 +122,8 @@ def test_print_config_gives_a_complete_config_that_parses_back_to_the_same_run(t
 
 def test_the_multi_node_flags_of_the_scale_out_docs_parse():
     """docs/scale-out.md's N-node command with the HYBRID_SHARD override it recommends across nodes."""
-    config = parse("--config", str(ROOT / "configs/qwen3_0.6b.yaml"), "--config", str(ROOT / "configs/trainer/fsdp.yaml"),
-                   "--trainer.num_nodes", "4", "--trainer.devices", "8",
+    config = parse("--config", str(ROOT / "configs/qwen3_0.6b.yaml"),
+                   "--config", str(ROOT / "configs/trainer/fsdp.yaml"), "--trainer.num_nodes", "4", "--trainer.devices", "8",
                    "--trainer.strategy.init_args.sharding_strategy", "HYBRID_SHARD")
     from torch.distributed.fsdp import ShardingStrategy
 

@@ -22,16 +22,11 @@ import yaml
 
 from mlembed.cli import main
 from mlembed.data.demo import build_demo
-from tests.robustness.tiny_run import ROOT, build_shards, checkpoint_every_step, fit_args
+from tests.robustness.tiny_run import ROOT, checkpoint_every_step, fit_args
 
 SWITCHES = list(itertools.product([True, False], repeat=3))
 GRID_CAPS = {"max_pairs_per_language": 10, "max_queries_per_language": 5, "max_languages": 2, "max_sts_pairs": 60}
 """Evaluation sets cut down so a test's grid takes seconds; the shipped demo uses the defaults."""
-
-
-@pytest.fixture(scope="module")
-def tiny_shards(tmp_path_factory) -> dict[str, Path]:
-    return build_shards(tmp_path_factory.mktemp("cli-shards"))
 
 
 @pytest.mark.parametrize("mel, mll, mrl", SWITCHES, ids=lambda v: "on" if v else "off")

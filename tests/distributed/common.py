@@ -59,9 +59,15 @@ def grads_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
 
 
+def environment(**extra: str) -> dict[str, str]:
+    """The environment of a test's subprocess: this checkout importable, one thread per process, and ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            **extra}
+
+
 def launch(script: str, out: Path, timeout: int = 150) -> None:
     """Run ``tests/distributed/<script> <out>`` on WORLD gloo processes with torchrun; fail with its output."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = environment()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
                str(ROOT / "tests" / "distributed" / script), str(out)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -8,17 +8,15 @@ Sharded checkpoints are what configs/trainer/fsdp.yaml writes, so this is the re
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests.distributed.common import environment
 from tests.robustness.callbacks import read_steps
 from tests.robustness.tiny_run import (
-    ROOT,
-    build_shards,
     callback,
     checkpoint_every_step,
     fit_args,
@@ -37,24 +35,18 @@ STEPS = ["--data.stage1.steps=3", "--data.stage2.steps=3", "--trainer.devices=2"
 KILL_STEP = 4  # inside stage 2
 
 
-def fit(shards, root, *extra: str) -> subprocess.CompletedProcess:
+def fit(tiny_shards, root, *extra: str) -> subprocess.CompletedProcess:
     """One 2-process FSDP fit of the tiny config from a fresh interpreter (the launcher re-runs the command)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    args = fit_args(shards, root, *STEPS, *extra)
-    return subprocess.run([sys.executable, "-m", "mlembed", *args], cwd=root, env=env, capture_output=True,
+    args = fit_args(tiny_shards, root, *STEPS, *extra)
+    return subprocess.run([sys.executable, "-m", "mlembed", *args], cwd=root, env=environment(), capture_output=True,
                           text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return build_shards(tmp_path_factory.mktemp("fsdp_resume_shards"))
-
-
-@pytest.fixture(scope="module")
-def killed(shards, tmp_path_factory):
+def killed(tiny_shards, tmp_path_factory):
     """A run killed before step KILL_STEP, with a sharded checkpoint after every step; its steps and last.ckpt."""
     root = tmp_path_factory.mktemp("killed")
-    done = fit(shards, root, record_steps(root / "steps.jsonl"), checkpoint_every_step(root / "ckpt"),
+    done = fit(tiny_shards, root, record_steps(root / "steps.jsonl"), checkpoint_every_step(root / "ckpt"),
                callback("tests.robustness.callbacks.KillAt", step=KILL_STEP))
     assert done.returncode != 0 and "SimulatedKill" in done.stderr, done.stderr[-3000:]
     last = root / "ckpt" / "last.ckpt"
@@ -69,12 +61,12 @@ def resume_copy(killed, root):
     return root / "steps.jsonl", shutil.copytree(last, root / "last.ckpt")
 
 
-def test_killed_fsdp_run_resumes_from_its_sharded_directory_as_if_never_stopped(shards, killed, tmp_path):
+def test_killed_fsdp_run_resumes_from_its_sharded_directory_as_if_never_stopped(tiny_shards, killed, tmp_path):
     reference = tmp_path / "reference.jsonl"
-    done = fit(shards, tmp_path, record_steps(reference))
+    done = fit(tiny_shards, tmp_path, record_steps(reference))
     assert done.returncode == 0, done.stderr[-3000:]
     steps, last = resume_copy(killed, tmp_path)
-    done = fit(shards, tmp_path, record_steps(steps), f"--ckpt_path={last}")
+    done = fit(tiny_shards, tmp_path, record_steps(steps), f"--ckpt_path={last}")
     assert done.returncode == 0, done.stderr[-3000:]
     expected, resumed = read_steps(reference), read_steps(steps)
     assert [r["stage"] for r in expected] == [1, 1, 1, 2, 2, 2]
@@ -83,23 +75,23 @@ def test_killed_fsdp_run_resumes_from_its_sharded_directory_as_if_never_stopped(
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in expected], rel=1e-4, abs=1e-5)
 
 
-def test_two_rank_shards_resume_on_one_process(shards, killed, tmp_path):
+def test_two_rank_shards_resume_on_one_process(tiny_shards, killed, tmp_path):
     # torch distributed checkpointing reshards on load: a job can come back on fewer (or more) devices.
     steps, last = resume_copy(killed, tmp_path)
-    done = fit(shards, tmp_path, record_steps(steps), f"--ckpt_path={last}", "--trainer.devices=1")
+    done = fit(tiny_shards, tmp_path, record_steps(steps), f"--ckpt_path={last}", "--trainer.devices=1")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_steps(steps)[KILL_STEP:]
     assert [(r["step"], r["stage"]) for r in rows] == [(4, 2), (5, 2)]
     assert all(r["loss"] is not None and r["loss"] == r["loss"] for r in rows)  # trained, finite
 
 
-def test_resuming_a_sharded_checkpoint_with_another_axis_set_is_refused(shards, killed, tmp_path):
-    done = fit(shards, tmp_path, "--model.mrl.enabled=false", f"--ckpt_path={killed[1]}")
+def test_resuming_a_sharded_checkpoint_with_another_axis_set_is_refused(tiny_shards, killed, tmp_path):
+    done = fit(tiny_shards, tmp_path, "--model.mrl.enabled=false", f"--ckpt_path={killed[1]}")
     assert done.returncode != 0
     assert "--model.mrl.enabled" in done.stderr and "last.ckpt" in done.stderr, done.stderr[-2000:]
 
 
-def test_a_directory_that_is_not_a_sharded_checkpoint_is_named(shards, tmp_path):
-    done = fit(shards, tmp_path, f"--ckpt_path={tmp_path}")
+def test_a_directory_that_is_not_a_sharded_checkpoint_is_named(tiny_shards, tmp_path):
+    done = fit(tiny_shards, tmp_path, f"--ckpt_path={tmp_path}")
     assert done.returncode != 0
     assert f"--ckpt_path {tmp_path} is a directory but not a sharded Lightning checkpoint" in done.stderr

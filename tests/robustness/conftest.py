@@ -1,22 +1,15 @@
-"""Shared fixtures of the robustness tests: tiny shards and one uninterrupted reference run (10 steps)."""
+"""Shared fixture of the robustness tests: one uninterrupted reference run (10 steps) on ``tiny_shards``."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from mlembed.cli import main
 from tests.robustness.callbacks import read_steps
-from tests.robustness.tiny_run import build_shards, checkpoint_every_step, fit_args, record_steps
+from tests.robustness.tiny_run import checkpoint_every_step, fit_args, record_steps
 
 STEPS = ["--data.stage1.steps=5", "--data.stage2.steps=5"]
 """Five steps per stage: the kills land inside stage 1 and inside stage 2."""
-
-
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory) -> dict[str, Path]:
-    return build_shards(tmp_path_factory.mktemp("tiny_shards"))
 
 
 @pytest.fixture(scope="session")
