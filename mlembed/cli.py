@@ -20,7 +20,6 @@ from lightning.pytorch.cli import LightningCLI
 
 from mlembed import sharded
 from mlembed.module import EmbeddingModule
-from mlembed.sharded import is_sharded_checkpoint
 from mlembed.wandb_config import WandbSaveConfig
 
 #: Subcommands that are not Lightning's, as ``module:function`` taking argv and returning an exit code.
@@ -79,7 +78,7 @@ class MLEmbedCLI(LightningCLI):
         path = Path(value)
         if path.is_dir():
             # FSDP with state_dict_type "sharded" saves a directory: one file per rank plus the metadata.
-            if not is_sharded_checkpoint(path):
+            if not sharded.is_sharded_checkpoint(path):
                 raise FileNotFoundError(f"--ckpt_path {path} is a directory but not a sharded Lightning checkpoint "
                                         f"(it lacks {sharded.METADATA} or {sharded.TENSOR_INDEX})")
             return path
