@@ -54,6 +54,8 @@ class MLEmbedCLI(LightningCLI):
         callbacks = config.get("trainer", {}).get("callbacks")
         if isinstance(callbacks, list):
             config["trainer"]["callbacks"] = unique_callbacks(callbacks)
+        if config.get("trainer") is not None and config.get("model") is not None:
+            clipping_for_grad_cache(config.trainer, config.model)
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before Lightning merges the checkpoint's hyperparameters into the config.
@@ -136,6 +138,33 @@ def _setting(settings: Any, dotted: str) -> Any:
         if value is None:
             return None
     return value
+
+
+def clipping_for_grad_cache(trainer: Any, model: Any) -> None:
+    """Hand ``--trainer.gradient_clip_val`` to gradient caching, which Lightning's clipping cannot serve.
+
+    Gradient caching runs manual optimization, and Lightning refuses its own clipping there, so a config that
+    clips (``configs/qwen3_0.6b.yaml`` does) failed as soon as ``--model.grad_cache`` was added. The same norm
+    clipping moves to ``--model.grad_cache.gradient_clip_val``; a conflicting setting is named instead.
+
+    Args:
+        trainer: the ``trainer`` part of the parsed config (changed in place).
+        model: the ``model`` part of the parsed config (changed in place).
+    """
+    cache, value = model.get("grad_cache"), trainer.get("gradient_clip_val")
+    if cache is None or value is None:
+        return
+    if trainer.get("gradient_clip_algorithm") not in (None, "norm"):
+        raise ValueError("--trainer.gradient_clip_algorithm: gradient caching clips by norm only; set it to norm or "
+                         "drop --trainer.gradient_clip_val")
+    own = cache.get("gradient_clip_val")
+    if own is not None and own != value:
+        raise ValueError(f"--trainer.gradient_clip_val={value} and --model.grad_cache.gradient_clip_val={own} "
+                         "disagree; with gradient caching set only the second")
+    cache["gradient_clip_val"] = value
+    trainer["gradient_clip_val"] = None
+    print(f"mlembed: gradient caching clips the gradient norm to {value} (--trainer.gradient_clip_val moved to "
+          "--model.grad_cache.gradient_clip_val: Lightning does not clip under manual optimization)")
 
 
 def unique_callbacks(callbacks: list) -> list:

@@ -1,5 +1,6 @@
 """Every shipped YAML parses through the CLI; the big configs build on the meta device with exact sizes."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,22 @@ def test_the_multi_node_flags_of_the_scale_out_docs_parse():
     assert strategy.init_args.sharding_strategy == ShardingStrategy.HYBRID_SHARD
     assert strategy.init_args.state_dict_type == "sharded"
     assert strategy.init_args.auto_wrap_policy.class_path == "mlembed.strategies.TransformerLayerPolicy"
+
+
+def test_gradient_caching_takes_over_the_configs_gradient_clipping(capsys):
+    # configs/qwen3_0.6b.yaml clips at 1.0, which Lightning refuses under gradient caching's manual optimization
+    config = parse("--config", str(ROOT / "configs/qwen3_0.6b.yaml"), "--model.grad_cache.chunk_size", "8")
+    assert config.trainer.gradient_clip_val is None
+    assert config.model.grad_cache.chunk_size == 8 and config.model.grad_cache.gradient_clip_val == 1.0
+    assert "--model.grad_cache.gradient_clip_val" in capsys.readouterr().out
+    # without gradient caching nothing moves
+    assert parse("--config", str(ROOT / "configs/qwen3_0.6b.yaml")).trainer.gradient_clip_val == 1.0
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--model.grad_cache.gradient_clip_val", "0.5"], "--model.grad_cache.gradient_clip_val=0.5"),
+    (["--trainer.gradient_clip_algorithm", "value"], "--trainer.gradient_clip_algorithm"),
+], ids=["two clip values", "clip by value"])
+def test_gradient_clipping_gradient_caching_cannot_honour_is_named(flags, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        parse("--config", str(ROOT / "configs/qwen3_0.6b.yaml"), "--model.grad_cache.chunk_size", "8", *flags)

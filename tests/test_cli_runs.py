@@ -112,3 +112,15 @@ def test_tiny_qwen3_config_runs_the_decoder_path_through_both_stages(workdir):
     assert all(0 < float(r["train/loss"]) < 1e3 for r in steps)
     assert {float(r["train/mel_rank"]) for r in steps} <= {16.0, 32.0, 64.0}
     assert any(r.get("val/loss") for r in rows)
+
+
+def test_gradient_caching_runs_from_the_cli_on_a_config_that_clips(tiny_shards, tmp_path):
+    flags = ["--model.grad_cache.chunk_size=2", "--trainer.gradient_clip_val=1.0", "--data.stage1.steps=1",
+             "--data.stage2.steps=1", "--trainer.limit_val_batches=1"]
+    assert main(fit_args(tiny_shards, tmp_path, *flags)) == 0
+    metrics = next(tmp_path.glob("**/metrics.csv"))
+    saved = yaml.safe_load((metrics.parent / "config.yaml").read_text())
+    assert saved["model"]["grad_cache"] == {"chunk_size": 2, "gradient_clip_val": 1.0}
+    assert saved["trainer"]["gradient_clip_val"] is None
+    losses = [float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
