@@ -11,7 +11,7 @@ MFU = achieved FLOP/s / the GPU's dense bf16 peak, with the usual training FLOPs
 Tokens are the query + positive tokens of a step. tests/test_benchmarks.py checks the count against torch's
 FLOP counter on a tiny Qwen3.
 
-    python benchmarks/bench_mfu.py [--batch 32] [--seq 512] [--steps 20] [--no-checkpointing]
+    python benchmarks/bench_mfu.py [--batch 32] [--seq 512] [--steps 20] [--no-checkpointing] [--grad-cache 8]
 
 It needs CUDA and exits with a message without it. ``--cpu-smoke`` runs the same code path on the CPU with a
 two-layer Qwen3 of the same vocabulary (CPU FSDP over gloo, one process), so CI checks the script still works;
@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-checkpointing", action="store_true", help="turn activation checkpointing off")
+    parser.add_argument("--grad-cache", type=int, default=None, metavar="CHUNK",
+                        help="gradient caching with CHUNK texts per forward (costs one extra forward, not credited)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's bf16 peak")
     parser.add_argument("--cpu-smoke", action="store_true", help="toy model on the CPU: checks the code path only")
     return parser.parse_args(argv)
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from mlembed.axes.mel import MEL
     from mlembed.backbone import BackboneConfig
+    from mlembed.gradcache import GradCache
     from mlembed.module import EmbeddingModule
     from mlembed.optim import OptimizerConfig
     from mlembed.strategies import CPUFSDPStrategy, TransformerLayerPolicy
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     module = EmbeddingModule(
         BackboneConfig(config=config, tokenizer=qwen_tokenizer(), max_seq_length=args.seq),
         mel=MEL(rank=rank), optimizer=OptimizerConfig(lr=1e-5, warmup_steps=1),
+        grad_cache=GradCache(chunk_size=args.grad_cache) if args.grad_cache else None,
     )
     module.configure_model()
     module.init_mel_from_svd()
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     shape = "toy Qwen3" if smoke else "Qwen3-0.6B shape"
     memory = 0.0 if smoke else torch.cuda.max_memory_allocated() / 2**30
     print(f"{shape}, MEL r={rank} + MLL {module.layers} + MRL, FSDP bf16-mixed on {device}, "
-          f"batch {args.batch} pairs x {args.seq} tokens, checkpointing {'off' if args.no_checkpointing else 'on'}")
+          f"batch {args.batch} pairs x {args.seq} tokens, checkpointing {'off' if args.no_checkpointing else 'on'}, "
+          f"gradient caching {f'{args.grad_cache} texts per chunk' if args.grad_cache else 'off'}")
     print(f"  step {seconds * 1e3:.1f} ms (median of {args.steps}), {tokens / seconds:,.0f} tokens/s, "
           f"{achieved / 1e12:.1f} TFLOP/s, MFU {achieved / peak_flops(args):.1%} "
           f"(peak memory {memory:.1f} GiB)")

@@ -34,11 +34,13 @@ def test_mel_benchmark_prints_both_ratios_at_a_toy_shape():
 
 
 @pytest.mark.distributed  # FSDP over a one-process gloo group
-def test_mfu_benchmark_code_path_runs_on_the_cpu():
+@pytest.mark.parametrize("cache", [[], ["--grad-cache", "1"]], ids=["plain", "grad-cache"])
+def test_mfu_benchmark_code_path_runs_on_the_cpu(cache):
     """The GPU benchmark's path (FSDP per layer, activation checkpointing, bf16-mixed, all axes) on a toy model."""
     out = run(str(ROOT / "benchmarks/bench_mfu.py"), "--cpu-smoke", "--batch", "2", "--seq", "16", "--steps", "2",
-              "--warmup", "1")
+              "--warmup", "1", *cache)
     assert "toy Qwen3, MEL r=32 + MLL (1, 2) + MRL, FSDP bf16-mixed" in out
+    assert f"gradient caching {'1 texts per chunk' if cache else 'off'}" in out
     assert re.search(r"step [\d.]+ ms \(median of 2\), [\d,]+ tokens/s", out), out
 
 
