@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, kib, make_batch, minilm_dir, sentence_pairs
+from common import in_subprocesses, interleaved_medians, kib, make_batch, minilm_dir, sentence_pairs
 
 from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
@@ -99,11 +98,7 @@ def main() -> None:
     if args.memory_worker:
         print(json.dumps({"bytes": memory_worker(args.memory_worker, args)}))
         return
-    memory = {}
-    for name in VARIANTS:
-        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-worker", name],
-                              capture_output=True, text=True, check=True)
-        memory[name] = json.loads(done.stdout.strip().splitlines()[-1])["bytes"]
+    memory = {name: r["bytes"] for name, r in in_subprocesses(__file__, VARIANTS, sys.argv[1:]).items()}
     seconds = time_all(args)
     print(f"all-MiniLM-L6-v2, batch {args.batch} pairs x {args.max_len} tokens, in-batch InfoNCE + AdamW, CPU "
           f"({args.threads} threads), median of {args.repeats} interleaved rounds")

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, kib, make_batch, minilm_dir, sentence_pairs
+from common import in_subprocesses, interleaved_medians, kib, make_batch, minilm_dir, sentence_pairs
 
 from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
@@ -98,11 +97,7 @@ def main() -> None:
         print(json.dumps(memory_worker(args.memory_worker, args)))
         return
     table = variants(args)
-    measured = {}
-    for name in table:
-        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-worker", name],
-                              capture_output=True, text=True, check=True)
-        measured[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    measured = in_subprocesses(__file__, table, sys.argv[1:])
     seconds = time_all(args)
     print(f"all-MiniLM-L6-v2, MEL+MLL+MRL, in-batch InfoNCE + AdamW, {args.max_len} tokens per text, cached chunk "
           f"{args.chunk} texts, CPU ({args.threads} threads), time: median of {args.repeats} interleaved rounds")

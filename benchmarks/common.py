@@ -3,7 +3,10 @@ the scripts run as ``python benchmarks/NAME.py``, which puts this folder on ``sy
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,3 +71,14 @@ def interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int) ->
             steps[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def in_subprocesses(script: str, names, argv: list[str]) -> dict[str, dict]:
+    """Run ``script argv --memory-worker NAME`` once per name, each in a fresh process (its own peak RSS), and
+    return the JSON dict each printed on its last line."""
+    results = {}
+    for name in names:
+        done = subprocess.run([sys.executable, script, *argv, "--memory-worker", name],
+                              capture_output=True, text=True, check=True)
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
