@@ -200,24 +200,43 @@ class Backbone(nn.Module):
         deepest = max(layers)
         # Positions from the mask, so left-padded rows get the same positions as right-padded ones.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        with self.truncated(deepest):
+        with self.truncated(deepest), self._captured(set(layers) - {deepest}) as captured:
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                output_hidden_states=len(layers) > 1,
-                use_cache=False,  # NOTES: the cache breaks activation checkpointing on padded batches
+                use_cache=False,  # the cache breaks activation checkpointing on padded batches
                 return_dict=True,
             )
         norm = self.final_norm()
-        states = {}
-        for layer in layers:
-            if layer == deepest:
-                states[layer] = out.last_hidden_state
-            else:
-                hidden = out.hidden_states[layer]  # [B, T, H], before the final norm
-                states[layer] = hidden if norm is None else norm(hidden)
-        return states
+        states = {deepest: out.last_hidden_state}
+        for layer, hidden in captured.items():  # [B, T, H], before the final norm
+            states[layer] = hidden if norm is None else norm(hidden)
+        return {layer: states[layer] for layer in layers}
+
+    @contextlib.contextmanager
+    def _captured(self, layers: set[int]) -> Iterator[dict[int, torch.Tensor]]:
+        """Record the outputs of ``layers`` (1-based) during one forward, with hooks on those layers only.
+
+        Not ``output_hidden_states``: transformers 5 records hidden states with hooks that it installs on the
+        layers present at the first such call, so a first call on a depth-truncated model leaves the deeper
+        layers unrecorded for good (wrong states or an IndexError at full depth later). Hooks of our own, put
+        on and taken off around each forward, do not depend on what ran before.
+        """
+        captured: dict[int, torch.Tensor] = {}
+        layer_list = self.layer_list() if layers else []
+
+        def keep(layer: int):
+            def hook(_module, _args, output):
+                captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
+            return hook
+
+        handles = [layer_list[layer - 1].register_forward_hook(keep(layer)) for layer in sorted(layers)]
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def depth_config(config, depth: int) -> dict[str, Any]:

@@ -185,7 +185,8 @@ class EpochStream(IterableDataset):
         """Args:
             plans: Stages whose sources are passed over (``steps`` is ignored).
             rank: This process's global rank.
-            world: Number of ranks; each source is cut to ``samples // world`` samples per rank.
+            world: Number of ranks; every rank gets ``samples // world`` samples of each source (the
+                last ``samples % world`` are left out), so all ranks yield the same batches.
             bucket_batches: Batches per length-bucketing pool (1: keep the shard order).
             seed: Seed of the bucketing and negative sampling.
         """
@@ -193,17 +194,20 @@ class EpochStream(IterableDataset):
         self.bucket_batches, self.seed = bucket_batches, seed
 
     def _rank_samples(self, source: ShardSource) -> Iterator[dict]:
-        # A source is read whole by every worker and split by sample index: these passes are for held-out
-        # data, and the split makes every rank's share (and so its batch count) the same size.
-        samples = slot_samples(source, self.rank, self.world, None, self.seed)
+        # Every rank reads the whole source in its stored order and keeps every ``world``-th sample, up to
+        # ``samples // world`` of them. Splitting by shard instead would give ranks unequal shares whenever the
+        # shards do not divide evenly (3 shards on 2 ranks), and validation, which gathers at every batch,
+        # would then hang. These passes are over held-out data, so reading it once per rank is cheap.
         if self.world == 1:
-            yield from samples
+            yield from read_samples(source.urls)
             return
         total = source.samples if source.samples is not None else sum(1 for _ in read_samples(source.urls))
-        for i, sample in enumerate(samples):
-            if i >= total // self.world:
+        share = total // self.world
+        for i, sample in enumerate(read_samples(source.urls)):
+            if i >= share * self.world:
                 return
-            yield sample
+            if i % self.world == self.rank:
+                yield sample
 
     def batches(self) -> Iterator[tuple[StagePlan, list[dict]]]:
         """All batches of this rank, before tokenization."""

@@ -160,3 +160,34 @@ def test_bucket_batches_keeps_every_sample_and_full_batches_first():
     assert sorted(len(s["query"]) for b in batches for s in b) == list(range(23))
     assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
     assert len(list(bucket_batches(iter(samples), 5, 2, random.Random(0)))) == 4  # drop_last
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(tmp_path_factory):
+    """Sources whose shards split unevenly over ranks: 3 x 10, then 10 + 10 + 5, then one shard of 7."""
+    from mlembed.data.shards import write_shards
+
+    from .conftest import write_jsonl
+
+    root = tmp_path_factory.mktemp("uneven")
+    rows = [{"id": f"{name}-{i}", "query": f"q {name} {i}" + " x" * (i % 5), "positive": f"p {name} {i}",
+             "negatives": [f"n {name} {i}"], "source": name, "task": "retrieval"}
+            for name, count in (("three", 30), ("ragged", 25), ("single", 7)) for i in range(count)]
+    write_shards([write_jsonl(root / "rows.jsonl", rows)], root / "out", shard_size=10)
+    return root / "out"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("pool", [1, 4])
+def test_epoch_pass_gives_every_rank_the_same_batches_for_uneven_shards(uneven_shards, tokenizer, world, pool):
+    # Validation gathers on every step: a rank with one batch more (or a batch of another size) hangs DDP.
+    p = StagePlan(1, 0, 4, resolve_sources([str(uneven_shards)], None, "--data.val", mixing=False),
+                  Collator(tokenizer))
+    per_rank = [list(EpochStream([p], rank=r, world=world, bucket_batches=pool)) for r in range(world)]
+    shapes = [[(b["source"], len(b["ids"])) for b in batches] for batches in per_rank]
+    assert all(s == shapes[0] for s in shapes), shapes
+    ids = [[i for b in batches for i in b["ids"]] for batches in per_rank]
+    assert len(set().union(*ids)) == sum(len(i) for i in ids)  # disjoint across ranks
+    for name, count in (("three", 30), ("ragged", 25), ("single", 7)):
+        got = [i for rank_ids in ids for i in rank_ids if i.startswith(name + "-")]
+        assert len(got) == world * (count // world)  # at most world - 1 samples of a source are left out
