@@ -6,6 +6,7 @@ Lightning subcommands get argument links so the tokenizer and the sequence lengt
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import zipfile
@@ -33,6 +34,12 @@ TOOLS = {
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 #: Model settings a checkpoint must share with the config given with it (``mel.rank`` too when MEL is on).
 AXIS_SWITCHES = ("mel.enabled", "mll.enabled", "mrl.enabled")
+#: Model settings that define the training objective: resuming a fit with other values changes it mid-run.
+MODEL_OBJECTIVE = ("mel", "mll", "mrl", "loss", "instruction_template")
+#: Settings of each data stage that define the objective (which negatives, which query text).
+STAGE_OBJECTIVE = ("num_negatives", "instructions", "templates")
+#: The flag that lets a fit resume with a changed objective.
+ALLOW_CHANGE = "allow_objective_change"
 
 
 class MLEmbedCLI(LightningCLI):
@@ -40,13 +47,16 @@ class MLEmbedCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.text_tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
+        parser.add_argument(f"--{ALLOW_CHANGE}", type=bool, default=False,
+                            help="Resume --ckpt_path although the loss settings (MRL dims and weights, MLL layers, "
+                                 "MEL ranks, loss, negatives, instructions) differ from the checkpoint's.")
 
     def before_fit(self) -> None:
         # The data knows how many batches its stages hold; without an explicit max_steps, train exactly those.
         total = getattr(self.datamodule, "total_steps", None)
         if total and self.trainer.max_steps == -1:
             # fit_loop.max_steps is read-only in Lightning 2.6; the epoch loop owns the value.
-            self.trainer.fit_loop.epoch_loop.max_steps = max(1, total // self.trainer.accumulate_grad_batches)
+            self.trainer.fit_loop.epoch_loop.max_steps = optimizer_steps(total, self.trainer.accumulate_grad_batches)
 
     def before_instantiate_classes(self) -> None:
         # Presets stacked with several --config files append callbacks; the same one twice is dropped.
@@ -66,8 +76,11 @@ class MLEmbedCLI(LightningCLI):
         """
         path = self._checkpoint_file()
         if path is not None:
+            config = self.config[self.config.subcommand]
             saved = read_hyperparameters(path)
-            check_axes(path, saved, self.config[self.config.subcommand].model)
+            check_axes(path, saved["model"], config.model)
+            if self.config.subcommand == "fit" and not config.get(ALLOW_CHANGE):
+                check_objective(path, saved, config)
         super()._parse_ckpt_path()
 
     def _checkpoint_file(self) -> Path | None:
@@ -89,8 +102,21 @@ class MLEmbedCLI(LightningCLI):
         return path
 
 
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps that train all ``batches`` when ``accumulate`` batches make one step.
+
+    Lightning steps the optimizer on the last batch of the loader even when fewer than ``accumulate`` batches
+    were gathered, so rounding up trains every batch (rounding down silently dropped the tail of the last stage).
+    """
+    steps = -(-batches // accumulate)
+    if batches % accumulate:
+        print(f"mlembed: the stages hold {batches} batches, not a multiple of --trainer.accumulate_grad_batches="
+              f"{accumulate}: the last of the {steps} optimizer steps accumulates {batches % accumulate} batches")
+    return steps
+
+
 def read_hyperparameters(path: Path) -> dict:
-    """The model hyperparameters saved in the Lightning checkpoint ``path`` (empty when it has none).
+    """The hyperparameters saved in the Lightning checkpoint ``path``: ``{"model": ..., "data": ...}``.
 
     ``path`` is a checkpoint file, or a sharded checkpoint directory, whose metadata file is read instead.
     ``weights_only=True`` unpickles only tensors and plain containers, so the file cannot run code; that is
@@ -107,7 +133,8 @@ def read_hyperparameters(path: Path) -> dict:
         raise ValueError(f"--ckpt_path {file} could not be read as a Lightning checkpoint: {err}") from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"--ckpt_path {file} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
-    return checkpoint.get("hyper_parameters") or {}
+    return {"model": checkpoint.get("hyper_parameters") or {},
+            "data": checkpoint.get("datamodule_hyper_parameters") or {}}
 
 
 def check_axes(path: Path, saved: dict, config: Any) -> None:
@@ -128,6 +155,55 @@ def check_axes(path: Path, saved: dict, config: Any) -> None:
                 f"--model.{key}: the checkpoint {path} was trained with {key}={old} but the config says {new}; "
                 f"set --model.{key}={old} to resume it, or start without --ckpt_path"
             )
+
+
+def check_objective(path: Path, saved: dict, config: Any) -> None:
+    """Raise when resuming ``path`` with ``config`` would change the training objective mid-run.
+
+    Compares every loss setting of the model (:data:`MODEL_OBJECTIVE`) and of each data stage
+    (:data:`STAGE_OBJECTIVE`) and names each flag that differs with its old and new value. A checkpoint that
+    saved no settings cannot be compared, and is refused too.
+
+    Args:
+        path: the checkpoint, named in the error.
+        saved: :func:`read_hyperparameters` of ``path``.
+        config: the subcommand's parsed config (a jsonargparse Namespace with ``model`` and ``data``).
+    """
+    escape = f"--{ALLOW_CHANGE}=true"
+    if not saved["model"]:
+        raise ValueError(f"--ckpt_path {path} holds no saved settings, so mlembed cannot check that resuming keeps the "
+                         f"same loss; pass {escape} to resume it anyway")
+    data = config.get("data")
+    data = data.get("init_args", data) if data is not None else None
+    pairs = [(f"model.{key}", _flat(_setting(saved["model"], key)), _flat(_setting(config.model, key)))
+             for key in MODEL_OBJECTIVE]
+    if saved["data"] and data is not None:
+        pairs += [(f"data.{stage}.{key}", _flat(_setting(saved["data"], f"{stage}.{key}")),
+                   _flat(_setting(data, f"{stage}.{key}")))
+                  for stage in ("stage1", "stage2") for key in STAGE_OBJECTIVE]
+    changes = []
+    for flag, old, new in pairs:
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changes.append(f"--{flag}{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
+    if changes:
+        raise ValueError(f"resuming --ckpt_path {path} would change the training objective:\n  "
+                         + "\n  ".join(changes) + f"\nrestore these values, or pass {escape} to change it on purpose")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaf values of nested dicts, Namespaces or dataclasses by ``.dotted`` suffix (``""`` for a leaf)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, jsonargparse.Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not str(key).startswith("_"):  # LightningCLI's _class_path and _instantiator
+                out.update(_flat(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: list(value) if isinstance(value, tuple) else value}
 
 
 def _setting(settings: Any, dotted: str) -> Any:

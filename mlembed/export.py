@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from mlembed.axes.mel import FactorizedEmbedding
@@ -222,7 +223,7 @@ def _embedding_at(embedding: nn.Module, rank: int | None, dense: bool) -> nn.Mod
 
 def _write_factorized(model: nn.Module, directory: Path) -> None:
     """Efficiency mode: the config and every weight, the token embedding as its factors A and B."""
-    from safetensors.torch import save_file
+
 
     model.config.save_pretrained(directory)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
@@ -279,36 +280,45 @@ def _pooling_mode(module: EmbeddingModule) -> str:
 
 
 def _write_sentence_transformers(module: EmbeddingModule, point: Point, directory: Path) -> None:
-    """The sentence-transformers layout: Transformer (root) -> Pooling -> Normalize, truncate_dim = dim.
+    """The sentence-transformers layout: Transformer (root) -> Pooling [-> Dense] -> Normalize.
 
     The module-type names and files are the long-standing ones that sentence-transformers 2.x to 6.x all read.
-    Note that sentence-transformers normalises BEFORE it truncates to ``truncate_dim``: below the hidden size
-    its vectors point the same way as mlembed's (same cosine similarities) and equal them after re-normalising
-    (``encode(..., normalize_embeddings=True)``).
+    Below the hidden size a bias-free identity ``Dense`` keeps the first ``dim`` features BEFORE ``Normalize``,
+    so ``encode(texts)`` gives mlembed's unit vectors at the exported width. (sentence-transformers applies its
+    own ``truncate_dim`` after every module, so a narrower width asked of ``encode`` needs
+    ``normalize_embeddings=True`` to be unit length again; ``truncate_dim`` is still written, for tools that read
+    the width from it.)
     """
     hidden = module.backbone.hidden_size
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
+    names = ["Pooling"] + (["Dense"] if point.dim < hidden else []) + ["Normalize"]
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules += [{"idx": i, "name": str(i), "path": f"{i}_{name}", "type": f"sentence_transformers.models.{name}"}
+                for i, name in enumerate(names, start=1)]
     mode = _pooling_mode(module)
     pooling = {"word_embedding_dimension": hidden}
     pooling |= {f"pooling_mode_{key}": name == mode for name, key in ST_POOLING_KEYS.items()}
     config = {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None}
-    if point.dim < hidden:
-        config["truncate_dim"] = point.dim
     files = {
         "modules.json": modules,
         "sentence_bert_config.json": {"max_seq_length": module.text_tokenizer.max_seq_length, "do_lower_case": False},
         "config_sentence_transformers.json": config,
         "1_Pooling/config.json": pooling,
-        "2_Normalize/config.json": {},
+        f"{len(names)}_Normalize/config.json": {},
     }
+    if point.dim < hidden:
+        config["truncate_dim"] = point.dim
+        files["2_Dense/config.json"] = {"in_features": hidden, "out_features": point.dim, "bias": False,
+                                        "activation_function": "torch.nn.modules.linear.Identity"}
     for name, content in files.items():
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content, indent=2) + "\n")
+    if point.dim < hidden:
+
+
+        keep = {"linear.weight": torch.eye(point.dim, hidden)}  # [dim, hidden]: the first dim features
+        save_file(keep, str(directory / "2_Dense" / "model.safetensors"))
+        torch.save(keep, directory / "2_Dense" / "pytorch_model.bin")  # for releases that predate safetensors
 
 
 def _manifest(module: EmbeddingModule, point: Point, mode: str, eos_in_tokenizer: bool) -> Manifest:

@@ -70,6 +70,12 @@ def test_compat_matches_mlembed_in_transformers_and_sentence_transformers(traine
     raw = st.encode(TEXTS, convert_to_tensor=True)
     assert torch.allclose(torch.nn.functional.normalize(raw, dim=-1), expected, atol=1e-5)
     assert torch.allclose(st.encode(TEXTS, convert_to_tensor=True, normalize_embeddings=True), expected, atol=1e-5)
+    # The exported pipeline itself gives mlembed's unit vectors at the exported width, without re-normalising.
+    assert torch.allclose(raw, expected, atol=1e-5)
+    assert torch.allclose(raw.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+    # A narrower width asked of encode: sentence-transformers truncates after Normalize, so re-normalise.
+    narrower = st.encode(TEXTS, convert_to_tensor=True, truncate_dim=8, normalize_embeddings=True)
+    assert torch.allclose(narrower, module.encode(TEXTS, **{**POINT, "dim": 8}), atol=1e-5)
     pooling = json.loads((compat / "1_Pooling" / "config.json").read_text())
     mode = {"bert": "pooling_mode_mean_tokens", "qwen3": "pooling_mode_lasttoken"}[kind]
     assert [k for k, v in pooling.items() if v is True] == [mode]

@@ -19,7 +19,8 @@ class MRL:
     dims: list[int] | None = None
     """Prefix sizes that get a loss; default: 8, 16, 32, ... below the hidden size, plus the hidden size."""
     weights: list[float] | None = None
-    """One weight per dim (same order as ``dims`` sorted descending); default 1 / (i * sqrt(hidden / dim))."""
+    """One weight per dim, in the order ``dims`` is written (``dims: [64, 384], weights: [1.0, 0.5]`` gives 64
+    the weight 1.0); default 1 / (i * sqrt(hidden / dim)), i counting from the largest dim."""
     min_dim: int = 8
     """Smallest prefix of the default dim set."""
 
@@ -29,8 +30,10 @@ class MRL:
         if self.dims is not None and min(self.dims) < 1:
             raise ValueError(f"--model.mrl.dims {self.dims} must be positive")
         if self.weights is not None:
-            if self.dims is None or len(self.weights) != len(set(self.dims)):
+            if self.dims is None or len(self.weights) != len(self.dims):
                 raise ValueError("--model.mrl.weights needs --model.mrl.dims and exactly one weight per dim")
+            if len(set(self.dims)) != len(self.dims):
+                raise ValueError(f"--model.mrl.dims {self.dims} repeats a dim, so --model.mrl.weights is ambiguous")
             if min(self.weights) < 0:
                 raise ValueError(f"--model.mrl.weights {self.weights} must not be negative")
 
@@ -51,7 +54,8 @@ class MRL:
                 d *= 2
             dims = tuple(sorted(set(dims), reverse=True))
         if self.weights is not None:
-            return dims, tuple(float(w) for w in self.weights)
+            weight_of = dict(zip(self.dims, self.weights))  # the user's order, whatever order ``dims`` is in
+            return dims, tuple(float(weight_of[d]) for d in dims)
         return dims, reference_weights(dims, hidden)
 
     def __call__(

@@ -106,6 +106,8 @@ class ShardDataModule(L.LightningDataModule):
                 training when it is not complete there yet (configs/demo.yaml: ``data/demo``).
         """
         super().__init__()
+        # Saved in checkpoints, so a resume can check that the negatives and instructions did not change.
+        self.save_hyperparameters(ignore=["tokenizer"])
         self.build_demo = build_demo
         self.stage1, self.stage2 = stage1, stage2
         self.loader = loader or LoaderSettings()

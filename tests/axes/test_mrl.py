@@ -22,8 +22,13 @@ def test_non_power_of_two_hidden_keeps_full_size_first():
 
 
 def test_given_dims_and_weights():
+    # Weights follow the order the dims are written in; the resolved dims run largest first.
     dims, weights = MRL(dims=[64, 384], weights=[1.0, 0.5]).resolve(384)
-    assert dims == (384, 64) and weights == (1.0, 0.5)
+    assert dims == (384, 64) and weights == (0.5, 1.0)
+    dims, weights = MRL(dims=[384, 16, 64], weights=[0.2, 0.7, 0.9]).resolve(384)
+    assert dict(zip(dims, weights)) == {384: 0.2, 16: 0.7, 64: 0.9} and dims == (384, 64, 16)
+    with pytest.raises(ValueError, match=r"--model.mrl.dims \[64, 64\] repeats a dim"):
+        MRL(dims=[64, 64], weights=[1.0, 0.5])
     assert MRL(enabled=False).resolve(384) == ((384,), (1.0,))
 
 
