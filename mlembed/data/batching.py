@@ -10,8 +10,9 @@ import torch
 
 from mlembed.text import TextTokenizer, text_hash
 
-DEFAULT_NEGATIVES = {"retrieval": 7, "clustering": 9, "classification": 1, "sts": 0, "bitext": 0}
-"""Hard negatives per query by task (the reference's 7 / 9 / 1; none for sts and bitext)."""
+DEFAULT_NEGATIVES = {"retrieval": 7, "clustering": 9, "classification": 1, "sts": 7, "bitext": 7}
+"""Hard negatives per query by task, as the reference: 9 for clustering, 1 for classification, and 7 for every
+other source (its retrieval list holds the sts and bitext sources too)."""
 DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
 """How an instruction is prepended to a query."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -34,7 +34,8 @@ class StageSettings:
     templates: dict[str, str] = field(default_factory=dict)
     """Task -> template with ``{instruction}`` and ``{query}``; default ``Instruct: {instruction}\\nQuery: {query}``."""
     num_negatives: dict[str, int] = field(default_factory=dict)
-    """Task -> hard negatives per query; unset tasks use 7 retrieval, 9 clustering, 1 classification, 0 others."""
+    """Task -> hard negatives per query; unset tasks use 9 clustering, 1 classification, 7 others (retrieval, sts,
+    bitext: the reference counts sts and bitext sources as retrieval)."""
     val_shards: list[str] = field(default_factory=list)
     """Held-out shards of this stage, validated once per validation run (same forms as ``shards``)."""
     val_batch_size: int | None = None
@@ -106,11 +107,13 @@ class ShardDataModule(L.LightningDataModule):
                 training when it is not complete there yet (configs/demo.yaml: ``data/demo``).
         """
         super().__init__()
-        # Saved in checkpoints, so a resume can check that the negatives and instructions did not change.
-        self.save_hyperparameters(ignore=["tokenizer"])
         self.build_demo = build_demo
         self.stage1, self.stage2 = stage1, stage2
         self.loader = loader or LoaderSettings()
+        # Saved in checkpoints (as plain dicts, which load with weights_only), so that a resume can check that
+        # the negatives and instructions did not change.
+        self.save_hyperparameters({"stage1": asdict(stage1), "stage2": None if stage2 is None else asdict(stage2),
+                                   "loader": asdict(self.loader), "build_demo": build_demo})
         self.tokenizer = tokenizer
         self.stage1.check("--data.stage1")
         if self.stage2 is not None:

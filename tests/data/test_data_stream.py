@@ -120,7 +120,7 @@ def test_batch_follows_the_contract(shard_dir, tokenizer):
     p = plan(shard_dir, tokenizer, batch_size=4, instructions=True, stage=2)
     for batch in EpochStream([p]):
         b, n = len(batch["ids"]), batch["num_negatives"]
-        assert n == {"retrieval": 7, "clustering": 9, "sts": 0}[batch["task"]]
+        assert n == {"retrieval": 7, "clustering": 9, "sts": 7}[batch["task"]]  # the reference's retrieval list
         assert batch["stage"] == 2
         assert batch["query"]["input_ids"].shape[0] == batch["positive"]["input_ids"].shape[0] == b
         assert batch["query"]["input_ids"].shape == batch["query"]["attention_mask"].shape
