@@ -57,6 +57,45 @@ class MLEmbedCLI(LightningCLI):
         if total and self.trainer.max_steps == -1:
             # fit_loop.max_steps is read-only in Lightning 2.6; the epoch loop owns the value.
             self.trainer.fit_loop.epoch_loop.max_steps = optimizer_steps(total, self.trainer.accumulate_grad_batches)
+        if total:
+            self._validate_within_run(total)
+
+    def _validate_within_run(self, batches: int) -> None:
+        """Lower validation intervals that a run of ``batches`` training batches per epoch never reaches.
+
+        A shortened run (``--data.stage1.steps 30`` on configs/demo.yaml, which validates every 120 batches)
+        stopped with Lightning's "val_check_interval (120) must be less than or equal to the number of the
+        training batches (40)"; with ``check_val_every_n_epoch`` None (or larger than the run's epochs) it
+        never validated, without a word. Each such setting is lowered to what the run reaches, so it validates
+        at its end, and one line says so. Lightning reads both values from the trainer in ``fit_loop.setup_data``
+        (inside ``trainer.fit``), after this hook.
+        """
+        trainer = self.trainer
+        if (trainer.fast_dev_run or not trainer.limit_val_batches or trainer.max_steps <= 0
+                or getattr(trainer, "_val_check_time_interval", None) is not None):
+            return  # fast_dev_run sets its own intervals; no validation; no step bound; time-based validation
+        limit = trainer.limit_train_batches  # Lightning's _parse_num_batches: an int caps, a float is a fraction
+        per_epoch = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        if per_epoch < 1:
+            return
+        run = trainer.max_steps * trainer.accumulate_grad_batches  # training batches until max_steps
+        epochs = -(-run // per_epoch)
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            epochs = min(epochs, trainer.max_epochs)
+        run = min(run, epochs * per_epoch)
+        every = trainer.check_val_every_n_epoch
+        interval = getattr(trainer, "val_check_interval", None)
+        if isinstance(interval, int) and not isinstance(interval, bool):
+            # An int counts batches of the epoch, or of the whole run when check_val_every_n_epoch is None.
+            reach, what = (per_epoch, "batches per epoch") if every is not None else (run, "batches in the run")
+            if interval > reach:
+                trainer.val_check_interval = reach
+                print(f"mlembed: --trainer.val_check_interval={interval} is more than the {reach} training {what}; "
+                      f"validating every {reach} batches instead")
+        if every is not None and every > epochs:
+            trainer.check_val_every_n_epoch = epochs
+            print(f"mlembed: --trainer.check_val_every_n_epoch={every} is more than the {epochs} epoch(s) of the "
+                  f"run; validating every {epochs} epoch(s) instead")
 
     def before_instantiate_classes(self) -> None:
         # Presets stacked with several --config files append callbacks; the same one twice is dropped.

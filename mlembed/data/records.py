@@ -16,6 +16,8 @@ from mlembed.batch import TASKS
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 """Source names become shard file names, so they may not hold slashes, spaces or other odd characters."""
+NOT_UTF8 = re.compile("[\udc80-\udcff]")
+"""A byte that is not UTF-8, as ``errors="surrogateescape"`` decodes it."""
 
 
 class RecordError(ValueError):
@@ -132,24 +134,53 @@ def read_records(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]
             yield line, err
 
 
+def has_records(path: str | Path) -> bool:
+    """Whether ``path`` holds a record, valid or not: False for an empty file or one of only blank lines."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--input {path}: no such file")
+    if path.stat().st_size == 0:
+        return False
+    if path.suffix == ".parquet":
+        with _parquet_file(path) as file:
+            return file.metadata.num_rows > 0
+    rows = _jsonl_rows(path)  # the reader's own notion of a blank line; stops at the first other line
+    try:
+        return next(rows, None) is not None
+    finally:
+        rows.close()
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
-    with path.open(encoding="utf-8") as handle:
+    # surrogateescape turns each byte that is not UTF-8 into one lone surrogate (which valid text never holds),
+    # so a bad byte is reported with its line, like any other bad record, instead of stopping the whole read.
+    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
                 continue  # blank lines (a trailing newline) are not records
+            bad = None if text.isascii() else NOT_UTF8.search(text)
+            if bad is not None:
+                byte = ord(bad.group()) - 0xDC00
+                yield line, RecordError(str(path), line, f"not valid UTF-8 (byte 0x{byte:02x} at column "
+                                                         f"{bad.start() + 1}); save the file as UTF-8")
+                continue
             try:
                 yield line, json.loads(text)
             except json.JSONDecodeError as err:
                 yield line, RecordError(str(path), line, f"bad JSON: {err.msg} (column {err.colno})")
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[int, object]]:
+def _parquet_file(path: Path):
     try:
         import pyarrow.parquet as pq
     except ImportError as err:  # pragma: no cover - pyarrow is a dev extra
         raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from err
+    return pq.ParquetFile(path)
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, object]]:
     line = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+    for batch in _parquet_file(path).iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             line += 1
             yield line, row

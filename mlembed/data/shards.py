@@ -20,7 +20,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from mlembed.data.manifest import MANIFEST_NAME, Manifest, ShardInfo
-from mlembed.data.records import Record, RecordError, read_records
+from mlembed.data.records import Record, RecordError, has_records, read_records
 
 PARTIAL = ".partial"
 """Suffix of a shard still being written."""
@@ -125,9 +125,16 @@ def write_shards(inputs: list[str | Path], output: str | Path, shard_size: int =
 
     Raises:
         RecordError: the first bad record, when ``skip_invalid`` is off.
+        FileNotFoundError: an input file is missing.
+        ValueError: an input holds no records (empty, or only blank lines); all such inputs are named, and
+            nothing is written, since a manifest of 0 samples would look like a finished build.
     """
     if shard_size < 1:
         raise ValueError(f"--shard-size ({shard_size}) must be at least 1")
+    empty = [path for path in inputs if not has_records(path)]
+    if empty:
+        raise ValueError("\n".join(f"--input {path}: no records (the file is empty or holds only blank lines)"
+                                    for path in empty))
     stream = ((line, item) for path in inputs for line, item in read_records(path))
     return _write(stream, output, shard_size, overwrite, skip_invalid, total=None)
 
