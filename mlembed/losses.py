@@ -38,20 +38,36 @@ class ContrastiveLoss:
     mask_false_negatives: bool = True
     """Leave out of row i's in-batch denominator every other row with the same query or positive text."""
     kd_weight: float = 0.0
-    """Weight of the distillation term (MSE to the teacher's embedding prefix); 0 turns it off."""
-    kd_teacher: Literal["self", "batch"] = "self"
-    """Teacher of the distillation term: ``self`` (this step's last layer at full width and rank, detached)
-    or ``batch`` (vectors stored with the data, ``batch["teacher_query"]``)."""
+    """Weight of the vector distillation term (MSE between the student's unit vectors and the teacher's); 0 turns
+    it off. With ``kd_teacher=model`` it applies only at the MRL width equal to the teacher's (a teacher that was
+    not trained for prefixes has no meaningful prefix); otherwise at every width, against the teacher's prefix."""
+    kd_similarity_weight: float = 0.0
+    """Weight of the relational distillation term: at every (layer, dim, rank) point, the MSE between the cosine
+    similarities of the batch's texts (queries and positives, all pairs) and the teacher's full-size ones. It
+    holds every reduced point to the teacher's geometry whatever its width; 0 turns it off."""
+    kd_teacher: Literal["self", "batch", "model"] = "self"
+    """Teacher of the distillation terms: ``self`` (this step's last layer at full width and rank, detached),
+    ``batch`` (vectors stored with the data, ``batch["teacher_query"]``) or ``model`` (a separate frozen model:
+    ``--model.teacher``, by default the starting model itself)."""
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"--model.loss.temperature ({self.temperature}) must be > 0")
-        if self.kd_weight < 0:
-            raise ValueError(f"--model.loss.kd_weight ({self.kd_weight}) must be >= 0")
+        for flag in ("kd_weight", "kd_similarity_weight"):
+            if getattr(self, flag) < 0:
+                raise ValueError(f"--model.loss.{flag} ({getattr(self, flag)}) must be >= 0")
         if self.gather_grad not in ("none", "local", "all"):
             raise ValueError(f"--model.loss.gather_grad ({self.gather_grad!r}) must be none, local or all")
-        if not (self.in_batch or self.hard_negatives):
-            raise ValueError("--model.loss.in_batch and --model.loss.hard_negatives are both off: no loss left")
+        if self.kd_teacher not in ("self", "batch", "model"):
+            raise ValueError(f"--model.loss.kd_teacher ({self.kd_teacher!r}) must be self, batch or model")
+        if not (self.in_batch or self.hard_negatives or self.distills):
+            raise ValueError("--model.loss.in_batch and --model.loss.hard_negatives are both off and nothing is "
+                             "distilled (--model.loss.kd_weight / kd_similarity_weight): no loss left")
+
+    @property
+    def distills(self) -> bool:
+        """Whether any distillation term is on."""
+        return self.kd_weight > 0 or self.kd_similarity_weight > 0
 
     def __call__(
         self,
@@ -83,11 +99,22 @@ class ContrastiveLoss:
             terms["in_batch"] = self.in_batch_loss(query, positive, query_hash, positive_hash, gather, rank)
         if self.hard_negatives and negatives is not None and negatives.shape[1] > 0:
             terms["hard"] = self.hard_negative_loss(query, positive, negatives)
-        if not terms:
+        if not terms and (self.in_batch or self.hard_negatives):
             # A batch with neither term (no in-batch task, no negatives) still teaches the positive pair.
             terms["hard"] = self.hard_negative_loss(query, positive, positive.new_zeros(positive.shape[0], 0, positive.shape[1]))
-        if self.kd_weight > 0 and teacher is not None:
-            terms["kd"] = self.kd_weight * distillation_loss((query, positive), teacher)
+        if teacher is not None:
+            terms.update(self.distillation_terms((query, positive), teacher))
+        return terms
+
+    def distillation_terms(self, student: tuple[torch.Tensor, ...],
+                           teacher: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """The weighted distillation terms of one point (see ``kd_weight`` and ``kd_similarity_weight``)."""
+        terms = {}
+        full_width = student[0].shape[-1] == teacher[0].shape[-1]
+        if self.kd_weight > 0 and (full_width or self.kd_teacher != "model"):
+            terms["kd"] = self.kd_weight * distillation_loss(student, teacher)
+        if self.kd_similarity_weight > 0:
+            terms["kd_sim"] = self.kd_similarity_weight * similarity_distillation_loss(student, teacher)
         return terms
 
     def in_batch_loss(
@@ -118,6 +145,19 @@ class ContrastiveLoss:
         logits = torch.einsum("bd,bnd->bn", query, candidates) / self.temperature  # [B, 1+N]
         labels = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
         return F.cross_entropy(logits, labels)
+
+
+def similarity_distillation_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """MSE between the cosine-similarity matrices of the student's and the teacher's vectors of the same texts.
+
+    Args:
+        student: unit vectors [B, D] per group of texts (queries, positives), at any width D.
+        teacher: the teacher's vectors [B, D_t] of the same texts, in the same order (normalised here).
+    """
+    groups = min(len(student), len(teacher))  # a batch-stored teacher may hold the queries only
+    s = torch.cat(student[:groups])  # [G*B, D]
+    t = F.normalize(torch.cat(teacher[:groups]).detach().to(s.dtype), dim=-1)  # [G*B, D_t]
+    return F.mse_loss(s @ s.T, t @ t.T)  # over all [G*B, G*B] pairs
 
 
 def distillation_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -19,6 +20,7 @@ from mlembed.gradcache import CachedStep, GradCache
 from mlembed.losses import ContrastiveLoss, gather_single_process
 from mlembed.optim import OptimizerConfig
 from mlembed.pooling import LastTokenPooling, MeanPooling, Pooling
+from mlembed.teacher import FrozenTeacher, TeacherConfig
 from mlembed.text import TextTokenizer
 
 DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
@@ -41,6 +43,8 @@ class EmbeddingModule(LightningModule):
             single-device only: under DDP a skip on one rank would leave the others waiting).
         grad_cache: gradient caching (embed in chunks, loss on the whole batch): large in-batch negative counts
             on small memory. It switches the module to manual optimization (see mlembed.gradcache).
+        teacher: the frozen model that ``--model.loss.kd_teacher=model`` distils from (default: the starting
+            model itself; see mlembed.teacher).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class EmbeddingModule(LightningModule):
         instruction_template: str = DEFAULT_TEMPLATE,
         on_nonfinite: Literal["raise", "skip"] = "raise",
         grad_cache: GradCache | None = None,
+        teacher: TeacherConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -66,6 +71,9 @@ class EmbeddingModule(LightningModule):
         self.on_nonfinite = on_nonfinite
         self.nonfinite_skipped = 0
         self.grad_cache = grad_cache
+        self.teacher_config = teacher
+        if teacher is not None and loss.kd_teacher != "model":
+            raise ValueError("--model.teacher is set but --model.loss.kd_teacher is not 'model': set both, or neither")
         if grad_cache is not None:
             self.automatic_optimization = False  # the cached backward runs chunk by chunk inside training_step
         self.backbone = Backbone(backbone)
@@ -98,6 +106,14 @@ class EmbeddingModule(LightningModule):
             self.mel.validate(hidden, self.backbone.vocab_size)
             self.ranks = self.mel.resolve_ranks()
             self._install_factorized_embedding()
+        if self.loss_fn.kd_teacher == "model" and self.loss_fn.distills:
+            # Set past nn.Module's registration: the frozen teacher is in no optimizer, checkpoint or FSDP unit.
+            object.__setattr__(self, "frozen_teacher", self._build_teacher())
+
+    def _build_teacher(self) -> FrozenTeacher:
+        config = (self.teacher_config or TeacherConfig()).backbone
+        pooling = copy.deepcopy(self.pooling) if config is None else default_pooling(config)
+        return FrozenTeacher(config or self.backbone_config, pooling, self.text_tokenizer).build()
 
     def _check_vocabulary(self) -> None:
         """Refuse a tokenizer whose ids run past the token-embedding matrix.
@@ -222,8 +238,10 @@ class EmbeddingModule(LightningModule):
         return loss, _log_terms(loss, layer_losses, terms)
 
     def _teacher(self, batch: dict, last: tuple) -> tuple[torch.Tensor, ...] | None:
-        if self.loss_fn.kd_weight <= 0:
+        if not self.loss_fn.distills:
             return None
+        if self.loss_fn.kd_teacher == "model":
+            return self.frozen_teacher.embed(batch["query"]), self.frozen_teacher.embed(batch["positive"])
         if self.loss_fn.kd_teacher == "batch":
             if "teacher_query" not in batch:
                 raise KeyError("--model.loss.kd_teacher=batch but the batch has no 'teacher_query' vectors")

@@ -1,7 +1,7 @@
 """Worker of test_gradcache_fsdp.py (torchrun, 2 gloo ranks): the same FSDP fit with and without gradient caching.
 
 The strategy is configs/trainer/fsdp.yaml's (a unit and an activation-checkpointing region per layer), all three
-axes are on and RankSampler changes the MEL rank every step. Rank 0 saves to ``<out>/runs.pt``, per run, the loss
+axes are on, RankSampler changes the MEL rank every step, and a frozen teacher (the starting model) is distilled. Rank 0 saves to ``<out>/runs.pt``, per run, the loss
 and MEL rank of every step and the whole (unsharded, reduced across ranks) gradients seen before each optimizer
 step.
 """
@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from mlembed.axes import MEL, MLL, MRL
 from mlembed.callbacks import RankSampler
 from mlembed.gradcache import GradCache
+from mlembed.losses import ContrastiveLoss
 from mlembed.module import EmbeddingModule
 from mlembed.optim import OptimizerConfig
 from tests.distributed.common import WORLD, full_batch, rank_rows
@@ -32,7 +33,7 @@ class Record(Callback):
     """Each step's loss and MEL rank, and its whole gradients (gathered from the shards) before the update."""
 
     def __init__(self) -> None:
-        self.losses, self.ranks, self.grads = [], [], []
+        self.losses, self.ranks, self.grads, self.kd = [], [], [], []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -43,6 +44,7 @@ class Record(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(trainer.callback_metrics["train/loss"]))
+        self.kd.append(float(trainer.callback_metrics["train/loss/kd_sim"]))
         self.ranks.append(pl_module.mel_rank)
 
 
@@ -57,7 +59,9 @@ def build(chunk: int | None) -> EmbeddingModule:
     torch.manual_seed(0)  # the same random tiny BERT in both runs and on both ranks
     module = EmbeddingModule(tiny_backbone("bert", layers=3), mel=MEL(rank=32, ranks=[8, 16, 32]), mll=MLL(),
                              mrl=MRL(), optimizer=OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0),
-                             grad_cache=GradCache(chunk_size=chunk) if chunk else None)
+                             grad_cache=GradCache(chunk_size=chunk) if chunk else None,
+                             # the frozen starting model as a teacher: FSDP leaves it out of its units
+                             loss=ContrastiveLoss(kd_teacher="model", kd_similarity_weight=10.0, kd_weight=1.0))
     module.configure_model()
     module.init_mel_from_svd()
     return module
@@ -71,7 +75,7 @@ def run(chunk: int | None, rank: int) -> dict:
                       enable_model_summary=False, use_distributed_sampler=False,
                       callbacks=[RankSampler(seed=3), record])
     trainer.fit(module, DataLoader([rank_rows(full_batch(module), rank)] * STEPS, batch_size=None))
-    return {"losses": record.losses, "ranks": record.ranks, "grads": record.grads,
+    return {"losses": record.losses, "ranks": record.ranks, "grads": record.grads, "kd": record.kd,
             "parameters": [name for name, _ in module.named_parameters()]}
 
 

@@ -23,11 +23,14 @@ def test_cached_fsdp_steps_give_the_uncached_losses_and_gradients(runs):
     plain, cached = runs["plain"], runs["cached"]
     assert len(set(plain["ranks"])) > 1 and cached["ranks"] == plain["ranks"]  # MEL's rank moved, identically
     assert cached["losses"] == pytest.approx(plain["losses"], rel=1e-5, abs=1e-6)
+    assert cached["kd"] == pytest.approx(plain["kd"], rel=1e-5, abs=1e-7) and max(plain["kd"]) > 0  # the teacher ran
     assert len(plain["grads"]) == len(cached["grads"]) == STEPS
     for step, (want, got) in enumerate(zip(plain["grads"], cached["grads"], strict=True)):
         assert set(got) == set(want)
         for name, grad in want.items():
-            torch.testing.assert_close(got[name], grad, atol=1e-6, rtol=1e-4, msg=f"step {step}: {name}")
+            # Chunking reorders float sums: an entry may move by ~1e-4 of the tensor's largest one.
+            atol = 1e-4 * float(grad.abs().max()) + 1e-6
+            torch.testing.assert_close(got[name], grad, atol=atol, rtol=1e-4, msg=f"step {step}: {name}")
 
 
 def test_the_comparison_is_not_vacuous(runs):
