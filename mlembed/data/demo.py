@@ -116,7 +116,8 @@ def clean(text: str) -> str:
     return " ".join(text.split()).strip(" :,;")
 
 
-def _usable(text: str) -> bool:
+def usable(text: str) -> bool:
+    """Whether a cleaned string has at least two letters (not only digits, punctuation or symbols)."""
     return sum(ch.isalpha() for ch in text) >= 2
 
 
@@ -144,7 +145,7 @@ def django_pairs(locales: list[str] | None = None) -> dict[str, list[tuple[str, 
             if entry.fuzzy or entry.obsolete or entry.msgid_plural or not entry.msgstr:
                 continue
             src, tgt = clean(entry.msgid), clean(entry.msgstr)
-            if _usable(src) and _usable(tgt) and src.lower() != tgt.lower():
+            if usable(src) and usable(tgt) and src.lower() != tgt.lower():
                 seen.setdefault(src, tgt)
     return {loc: sorted(p.items()) for loc, p in sorted(pairs.items()) if p}
 

@@ -35,6 +35,8 @@ class BitextTask:
     name: str = "bitext"
     batch_size: int = 64
     main_metric: str = "accuracy"
+    in_domain: bool = False
+    """Whether the texts come from the training data's distribution (held out) rather than from elsewhere."""
 
     def __post_init__(self) -> None:
         if not len(self.src) == len(self.tgt) == len(self.langs) or not self.src:

@@ -61,7 +61,8 @@ def evaluate_grid(
                 width = dim if dim is not None else _full_width(encoder, rank, depth)
                 rows += [GridRow(rank, depth, dim, params, width * bytes_per_float, task.name, metric, value)
                          for metric, value in metrics.items()]
-    return GridResult(rows, {task.name: task.main_metric for task in tasks})
+    return GridResult(rows, {task.name: task.main_metric for task in tasks},
+                      in_domain=frozenset(task.name for task in tasks if getattr(task, "in_domain", False)))
 
 
 def run_grid(

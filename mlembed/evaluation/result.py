@@ -36,6 +36,13 @@ class PointScore:
     bytes_per_vector: int
     score: float
     tasks: dict[str, float] = field(default_factory=dict, compare=False)
+    in_domain: frozenset[str] = field(default_factory=frozenset, compare=False)
+    """Names of the tasks whose texts come from the training data's sources."""
+
+    def domain_score(self, in_domain: bool) -> float | None:
+        """Mean main metric of the in-domain (or the out-of-domain) tasks; None when there are none."""
+        values = [v for task, v in self.tasks.items() if (task in self.in_domain) == in_domain]
+        return sum(values) / len(values) if values else None
 
     @property
     def point(self) -> Point:
@@ -54,11 +61,13 @@ class GridResult:
         rows: every (point, task, metric) value.
         main_metrics: task name -> the metric that enters the point score.
         seconds: wall time of the evaluation (None when unknown).
+        in_domain: names of the tasks held out from the training data's sources; the others are out of domain.
     """
 
     rows: list[GridRow]
     main_metrics: dict[str, str]
     seconds: float | None = None
+    in_domain: frozenset[str] = frozenset()
 
     def points(self) -> list[PointScore]:
         """One PointScore per point, in row order."""
@@ -69,7 +78,8 @@ class GridResult:
             costs[point] = (row.params, row.bytes_per_vector)
             if self.main_metrics.get(row.task) == row.metric:
                 grouped[point][row.task] = row.value
-        return [PointScore(*point, *costs[point], score=sum(t.values()) / max(len(t), 1), tasks=dict(t))
+        return [PointScore(*point, *costs[point], score=sum(t.values()) / max(len(t), 1), tasks=dict(t),
+                           in_domain=self.in_domain)
                 for point, t in ((p, grouped[p]) for p in costs)]
 
     def value(self, point: Point, task: str, metric: str) -> float:
@@ -97,7 +107,13 @@ class GridResult:
 
     def to_markdown(self) -> str:
         """Tables of the score, then of each task's main metric: one row per (rank, depth), one column per dim."""
-        sections = [("score (mean of the main metrics)", {p.point: p.score for p in self.points()})]
+        points = self.points()
+        sections = [("score (mean of the main metrics)", {p.point: p.score for p in points})]
+        if self.in_domain and set(self.main_metrics) - self.in_domain:
+            sections += [(f"{name} score (mean of {', '.join(sorted(tasks))})",
+                          {p.point: p.domain_score(domain) for p in points})
+                         for name, domain, tasks in (("out-of-domain", False, set(self.main_metrics) - self.in_domain),
+                                                     ("in-domain", True, self.in_domain))]
         for task, metric in self.main_metrics.items():
             values = {(r.rank, r.depth, r.dim): r.value for r in self.rows if r.task == task and r.metric == metric}
             sections.append((f"{task}: {metric}", values))

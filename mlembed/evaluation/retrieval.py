@@ -56,6 +56,8 @@ class RetrievalTask:
     query_instruction: str | None = None
     batch_size: int = 64
     main_metric: str = "ndcg@10"
+    in_domain: bool = False
+    """Whether the texts come from the training data's distribution (held out) rather than from elsewhere."""
     _queries: list[tuple[str, str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -31,6 +31,8 @@ class STSTask:
     name: str = "sts"
     batch_size: int = 64
     main_metric: str = "spearman"
+    in_domain: bool = False
+    """Whether the texts come from the training data's distribution (held out) rather than from elsewhere."""
 
     def __post_init__(self) -> None:
         if not len(self.text1) == len(self.text2) == len(self.scores):

@@ -3,7 +3,10 @@
 A task spec is a built-in name or ``kind:path``:
 
 - ``lee``: gensim's Lee corpus as English STS (50 documents, 1,225 rated pairs).
-- ``bitext`` / ``dialogue``: the demo's held-out ``DATA_DIR/eval/bitext.jsonl`` / ``eval/dialogue.jsonl``.
+- ``wiki``: passage retrieval on gensim's sample of English Wikipedia (first sentence -> the next ones).
+- ``sphinx``: bitext mining on Sphinx's translated messages (about 60 languages; none of it in Django's).
+- ``bitext`` / ``dialogue``: the demo's held-out ``DATA_DIR/eval/bitext.jsonl`` / ``eval/dialogue.jsonl``, the
+  in-domain tasks (same sources as the demo's training data); every other task is out of domain.
 - ``sts:FILE``, ``bitext:FILE``, ``pairs:FILE`` (pair retrieval), ``retrieval:DIR`` (BEIR layout): user data in
   the formats of ``mlembed.evaluation.datasets``; the task is named after the file (or directory).
 """
@@ -17,12 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlembed.evaluation.bitext import BitextTask
-from mlembed.evaluation.datasets import pairs_to_sets, read_beir, read_bitext, read_lee, read_pairs, read_sts
+from mlembed.evaluation.datasets import (
+    pairs_to_sets,
+    read_beir,
+    read_bitext,
+    read_lee,
+    read_pairs,
+    read_sphinx_bitext,
+    read_sts,
+    read_wiki_passages,
+)
 from mlembed.evaluation.retrieval import RetrievalSet, RetrievalTask
 from mlembed.evaluation.sts import STSTask
 from mlembed.evaluation.task import Task
 
-DEFAULT_TASKS = ("lee", "bitext", "dialogue")
+DEFAULT_TASKS = ("lee", "wiki", "sphinx", "bitext", "dialogue")
 USER_KINDS = ("sts", "bitext", "pairs", "retrieval")
 
 
@@ -40,11 +52,15 @@ class EvalCaps:
     """Only these languages (before ``max_languages``); None: any."""
     max_sts_pairs: int | None = None
     """STS pairs kept (seeded sample; None: all, 1,225 for Lee)."""
+    max_passages: int | None = 200
+    """Wikipedia passage queries kept (seeded sample; None: all, about 3,300); the corpus holds their positives
+    and as many other passages again."""
     seed: int = 0
     """Seed of the samples."""
 
     def __post_init__(self) -> None:
-        for flag in ("max_pairs_per_language", "max_queries_per_language", "max_languages", "max_sts_pairs"):
+        for flag in ("max_pairs_per_language", "max_queries_per_language", "max_languages", "max_sts_pairs",
+                     "max_passages"):
             value = getattr(self, flag)
             if value is not None and value < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} ({value}) must be at least 1 (or None for no cap)")
@@ -97,6 +113,10 @@ def _build(spec: str, data_dir, caps: EvalCaps, batch_size: int, instructions: b
 def _builtin(name: str, data_dir, caps: EvalCaps, batch_size: int, instructions: bool) -> Task:
     if name == "lee":
         return _sts(*read_lee(), "lee", caps, batch_size)
+    if name == "wiki":
+        return RetrievalTask({"en": _passage_set(read_wiki_passages(), caps)}, name="wiki", batch_size=batch_size)
+    if name == "sphinx":
+        return _bitext(read_sphinx_bitext(), "sphinx", caps, batch_size)
     if name not in ("bitext", "dialogue"):
         raise ValueError(f"--tasks {name!r}: unknown task; built-ins are {list(DEFAULT_TASKS)}, or KIND:PATH "
                          f"with KIND in {list(USER_KINDS)}")
@@ -104,12 +124,23 @@ def _builtin(name: str, data_dir, caps: EvalCaps, batch_size: int, instructions:
         raise ValueError(f"--tasks {name}: reads DATA_DIR/eval/{name}.jsonl, but --data-dir is not set")
     path = Path(data_dir) / "eval" / f"{name}.jsonl"
     if name == "bitext":
-        return _bitext(read_bitext(path), "bitext", caps, batch_size)
+        return _bitext(read_bitext(path), "bitext", caps, batch_size, in_domain=True)
     instruction = None
     if instructions:
         from mlembed.data.demo import DIALOGUE_INSTRUCTION as instruction
     return RetrievalTask(_pair_sets(read_pairs(path), caps), name="dialogue",
-                         query_instruction=instruction, batch_size=batch_size)
+                         query_instruction=instruction, batch_size=batch_size, in_domain=True)
+
+
+def _passage_set(rows: list[dict], caps: EvalCaps) -> RetrievalSet:
+    """``max_passages`` queries with their positives, plus as many other passages as distractors."""
+    order = list(range(len(rows)))
+    random.Random(caps.seed).shuffle(order)
+    count = len(rows) if caps.max_passages is None else min(caps.max_passages, len(rows))
+    queries, extra = order[:count], order[count : 2 * count]
+    corpus = {f"d{i}": rows[i]["positive"] for i in sorted(queries + extra)}
+    return RetrievalSet(queries={f"q{i}": rows[i]["query"] for i in sorted(queries)}, corpus=corpus,
+                        qrels={f"q{i}": {f"d{i}": 1.0} for i in sorted(queries)})
 
 
 def _sts(text1, text2, scores, name: str, caps: EvalCaps, batch_size: int) -> STSTask:
@@ -118,10 +149,10 @@ def _sts(text1, text2, scores, name: str, caps: EvalCaps, batch_size: int) -> ST
                    batch_size=batch_size)
 
 
-def _bitext(rows: list[dict], name: str, caps: EvalCaps, batch_size: int) -> BitextTask:
+def _bitext(rows: list[dict], name: str, caps: EvalCaps, batch_size: int, in_domain: bool = False) -> BitextTask:
     rows = _cap_languages(rows, caps)
     return BitextTask([r["src"] for r in rows], [r["tgt"] for r in rows], [r["lang"] for r in rows], name=name,
-                      batch_size=batch_size)
+                      batch_size=batch_size, in_domain=in_domain)
 
 
 def _pair_sets(rows: list[dict], caps: EvalCaps) -> dict[str, RetrievalSet]:

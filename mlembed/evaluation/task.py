@@ -19,6 +19,8 @@ class Task(Protocol):
     """Short name used in CSV rows and logger keys (``lee``, ``bitext``, ``dialogue``)."""
     main_metric: str
     """The metric that enters a point's ``score`` (``ndcg@10``, ``spearman``, ``accuracy``)."""
+    in_domain: bool
+    """Whether the texts are held out from the training data's sources (scored apart from the others)."""
 
     def evaluate(
         self, encoder: Encoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
