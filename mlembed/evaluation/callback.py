@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mlembed.encoder import Encoder
 from mlembed.evaluation.comparison import compare
 from mlembed.evaluation.grid import run_grid
+from mlembed.evaluation.plots import write_arm_plots
 from mlembed.evaluation.result import GridResult
 from mlembed.evaluation.suite import DEFAULT_TASKS, EvalCaps, build_tasks
 from mlembed.evaluation.task import Task
@@ -40,6 +41,10 @@ class GridEvaluation(Callback):
         instructions: put the demo's instruction before dialogue queries, as training did.
         plots: write PNG plots.
         log: send the results to the trainer's loggers.
+        control: after fit, also train the control arm (the same data, steps and learning rate with the axes
+            and distillation off: a plain contrastive fine-tune, see mlembed.evaluation.control) and score it,
+            truncated as the baseline is; ``comparison.md`` and the ``arms_*.png`` plots then show the starting
+            model, the plain fine-tune and the trained model side by side. Single device only.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class GridEvaluation(Callback):
         instructions: bool = True,
         plots: bool = True,
         log: bool = True,
+        control: bool = False,
     ) -> None:
         if every_n_steps < 0:
             raise ValueError(f"GridEvaluation every_n_steps ({every_n_steps}) must be >= 0")
@@ -67,6 +73,7 @@ class GridEvaluation(Callback):
         self.every_n_steps, self.out_dir, self.baseline = every_n_steps, out_dir, baseline
         self.grid_args = {"ranks": ranks, "depths": depths, "dims": dims, "bytes_per_float": bytes_per_float}
         self.batch_size, self.instructions, self.plots, self.log = batch_size, instructions, plots, log
+        self.control = control
         self.results: dict[str, GridResult] = {}
         """``baseline``, ``step_<N>`` and ``final`` results of this fit."""
         self._tasks: list[Task] | None = None
@@ -80,6 +87,9 @@ class GridEvaluation(Callback):
                             f"(mlembed.encoder.Encoder); {type(pl_module).__name__} lacks them")
         # trainer.log_dir broadcasts from rank 0: every rank must ask, here, not only rank 0 in _run (a hang).
         self._out = self.output_dir(trainer)
+        if stage == "fit" and self.control and trainer.world_size > 1:
+            raise ValueError("GridEvaluation control=true trains its control arm on one device; run on one device "
+                             "or set control=false")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.baseline:
@@ -94,8 +104,19 @@ class GridEvaluation(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._run("final", trainer, pl_module)
+        if self.control and trainer.is_global_zero:
+            from mlembed.evaluation.control import train_control
+
+            rank_zero_info("GridEvaluation: training the control arm (axes off, same data, steps and lr)")
+            control, steps = train_control(trainer, pl_module)
+            rank_zero_info(f"GridEvaluation: the control arm trained {steps} optimizer steps (3D-ML: "
+                           f"{trainer.global_step})")
+            self._run("control", trainer, control)
         if trainer.is_global_zero and "baseline" in self.results:
-            written = compare(self.results["final"], self.results["baseline"]).write(self._out)
+            comparison = compare(self.results["final"], self.results["baseline"], self.results.get("control"))
+            written = comparison.write(self._out)
+            if self.plots and comparison.control is not None:
+                write_arm_plots(comparison.arms(), self._out)
             rank_zero_info(f"GridEvaluation: trained vs baseline in {written[1]}")
 
     def output_dir(self, trainer: Trainer) -> Path:

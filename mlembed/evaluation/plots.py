@@ -7,6 +7,8 @@ from pathlib import Path
 from mlembed.evaluation.budget import pareto_front
 from mlembed.evaluation.result import GridResult, PointScore
 
+AXES = ("rank", "depth", "dim")
+
 
 def write_plots(result: GridResult, out_dir: str | Path) -> list[Path]:
     """Write ``score_vs_dim.png``, ``score_vs_rank.png``, ``pareto_params.png`` and ``pareto_bytes.png``."""
@@ -23,6 +25,45 @@ def write_plots(result: GridResult, out_dir: str | Path) -> list[Path]:
         _pareto(out / "pareto_bytes.png", list(scores.values()), "bytes_per_vector", "bytes per vector"),
     ]
     return paths
+
+
+def write_arm_plots(arms: list[tuple[str, GridResult]], out_dir: str | Path) -> list[Path]:
+    """``arms_<score>.png``: for each axis, each arm's score as that axis shrinks with the others full.
+
+    One figure for the out-of-domain score and one for the in-domain score (or the overall score when the tasks
+    are not split), so the starting model and the control arm are drawn beside the trained model.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    split = bool(arms[-1][1].in_domain) and set(arms[-1][1].main_metrics) - arms[-1][1].in_domain
+    kinds = [("out_of_domain", False), ("in_domain", True)] if split else [("score", None)]
+    return [_arms(out / f"arms_{kind}.png", arms, domain, kind.replace("_", "-")) for kind, domain in kinds]
+
+
+def _arms(path: Path, arms: list[tuple[str, GridResult]], domain: bool | None, label: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    axes_values = arms[-1][1].axes()
+    full = tuple(values[-1] for values in axes_values)
+    fig, panels = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    for i, (panel, values) in enumerate(zip(panels, axes_values)):
+        for name, grid in arms:
+            scores = {p.point: p for p in grid.points()}
+            ys = []
+            for v in values:
+                point = scores.get(tuple(v if j == i else full[j] for j in range(3)))
+                value = None if point is None else (point.score if domain is None else point.domain_score(domain))
+                ys.append(float("nan") if value is None else value)
+            panel.plot(range(len(values)), ys, marker="o", label=name)
+        panel.set_xticks(range(len(values)), ["full" if v is None else str(v) for v in values])
+        panel.set_xlabel(f"{AXES[i]} (others full)")
+        panel.grid(alpha=0.3)
+    panels[0].set_ylabel(f"{label} score")
+    panels[0].legend()
+    fig.suptitle(f"{label} score of each arm as one axis shrinks")
+    return _save(fig, path)
 
 
 def _lines(path: Path, scores: dict, *, x_axis: tuple[str, list], fixed: tuple[str, object], depths: list) -> Path:
