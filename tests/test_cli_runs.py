@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mlembed.cli import main
 from mlembed.data.demo import build_demo
-from tests.robustness.tiny_run import ROOT, checkpoint_every_step, fit_args
+from mlembed.loading import load_checkpoint
+from tests.robustness.tiny_run import FIXTURES, ROOT, callback, checkpoint_every_step, fit_args
 
 SWITCHES = list(itertools.product([True, False], repeat=3))
 GRID_CAPS = {"max_pairs_per_language": 10, "max_queries_per_language": 5, "max_languages": 2, "max_sts_pairs": 60}
@@ -54,14 +57,32 @@ def test_every_axis_combination_trains_from_the_cli(tiny_shards, tmp_path, mel, 
 @pytest.mark.parametrize("subcommand, logged", [("validate", "val/loss"), ("test", "test/loss"), ("predict", None)])
 def test_validate_test_and_predict_run_on_a_trained_checkpoint(tiny_shards, tmp_path, subcommand, logged, capsys):
     assert main(fit_args(tiny_shards, tmp_path / "fit", checkpoint_every_step(tmp_path / "ckpt"))) == 0
-    args = fit_args(tiny_shards, tmp_path / subcommand, f"--ckpt_path={tmp_path / 'ckpt' / 'last.ckpt'}")
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    saved = tmp_path / "predictions.pt"
+    extra = [callback("tests.robustness.callbacks.SavePredictions", path=str(saved))] if not logged else []
+    args = fit_args(tiny_shards, tmp_path / subcommand, f"--ckpt_path={ckpt}", *extra)
     args[0] = subcommand
     capsys.readouterr()
     assert main(args) == 0
     if logged:
         assert logged in capsys.readouterr().out  # Lightning's results table
-    else:
-        assert not list((tmp_path / subcommand).glob("**/*.ckpt"))  # predicting writes no checkpoint
+        return
+    assert not list((tmp_path / subcommand).glob("**/*.ckpt"))  # predicting writes no checkpoint
+    # The predictions are the checkpoint's own embeddings of the held-out queries (stage 2: with instructions),
+    # one per held-out sample.
+    predicted = torch.load(saved, weights_only=False)
+    rows = {row["id"]: row for row in map(json.loads, (FIXTURES / "stage2.jsonl").read_text().splitlines())}
+    assert sorted(predicted["ids"]) == sorted(rows)
+    module = load_checkpoint(ckpt)
+    queries = [rows[i]["query"] for i in predicted["ids"]]
+    instructions = {rows[i]["instruction"] for i in predicted["ids"]}
+    assert len(instructions) == 1  # the fixture gives every row the same instruction
+    expected = module.embed(queries, instruction=instructions.pop())
+    assert predicted["vectors"].shape == expected.shape == (len(rows), module.backbone.hidden_size)
+    torch.testing.assert_close(predicted["vectors"], expected, atol=1e-5, rtol=1e-5)
+    encoded = module.encode(queries, instruction=rows[predicted["ids"][0]]["instruction"])
+    torch.testing.assert_close(torch.nn.functional.normalize(predicted["vectors"], dim=-1), encoded, atol=1e-5,
+                               rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -109,27 +109,38 @@ def test_efficiency_matches_compat_and_counts_parameters(trained):
 
 def test_compat_loads_without_mlembed(trained, tmp_path):
     kind, module, _, compat, _ = trained
-    if kind != "bert":
-        return  # one architecture is enough for the import check (a subprocess costs seconds)
     expected = module.encode(TEXTS, **POINT)
     torch.save(expected, tmp_path / "expected.pt")
+    # The pooling is written out here, by kind: mean over real tokens (bert), or the last real token (qwen3,
+    # whose exported tokenizer appends the EOS token that mlembed pools).
+    pool = {
+        "bert": "mask = inputs['attention_mask'].unsqueeze(-1).float(); pooled = (hidden * mask).sum(1) / mask.sum(1)",
+        "qwen3": "last = [max(i for i, m in enumerate(row) if m) for row in inputs['attention_mask'].tolist()]; "
+                 "pooled = hidden[torch.arange(len(last)), torch.tensor(last)]",
+    }[kind]
     script = f"""
 import sys
 sys.modules["mlembed"] = None  # any import of mlembed now fails
 import torch
 from transformers import AutoModel, AutoTokenizer
 model, tok = AutoModel.from_pretrained({str(compat)!r}), AutoTokenizer.from_pretrained({str(compat)!r})
-inputs = tok({TEXTS!r}, padding=True, truncation=True, max_length=32, return_tensors="pt")
+inputs = tok({TEXTS!r}, padding=True, truncation=True, max_length={module.text_tokenizer.max_seq_length},
+             return_tensors="pt")
+real = [[t for t, k in zip(ids, m) if k] for ids, m in zip(inputs["input_ids"].tolist(),
+                                                         inputs["attention_mask"].tolist())]
+assert all(ids[-1] == tok.eos_token_id for ids in real) == {kind == "qwen3"}  # every text ends in EOS (qwen3)
 with torch.no_grad():
     hidden = model(**inputs).last_hidden_state
-mask = inputs["attention_mask"].unsqueeze(-1).float()
-mean = (hidden * mask).sum(1) / mask.sum(1)
-got = torch.nn.functional.normalize(mean[:, :{POINT["dim"]}], dim=-1)
-assert torch.allclose(got, torch.load({str(tmp_path / "expected.pt")!r}), atol=1e-5)
+{pool}
+got = torch.nn.functional.normalize(pooled[:, :{POINT["dim"]}], dim=-1)
+assert got.shape == ({len(TEXTS)}, {POINT["dim"]}), got.shape
+assert torch.allclose(got, torch.load({str(tmp_path / "expected.pt")!r}), atol=1e-5), (got, "mlembed differs")
+print("ok", {kind!r})
 """
     env = {**os.environ, "PYTHONPATH": ""}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["ok", kind]
 
 
 # -- bad input ---------------------------------------------------------------------------------------

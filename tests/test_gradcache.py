@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -10,6 +12,7 @@ from torch.utils.data import DataLoader
 from mlembed.callbacks import RankSampler, SVDInit
 from mlembed.gradcache import CachedStep, GradCache, chunk_rows
 from mlembed.module import _stack_inputs
+from mlembed.optim import OptimizerConfig
 from tests.helpers import make_batch, tiny_module
 
 CHUNK = 4  # smaller than the 6 queries and the 12 documents, and not a divisor of 6: a short last chunk
@@ -102,27 +105,48 @@ def test_backward_before_loss_and_bad_settings_fail_clearly():
 
 class _Losses(Callback):
     def __init__(self):
-        self.losses, self.lrs = [], []
+        self.losses, self.lrs, self.lrs_used = [], [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs_used.append(trainer.optimizers[0].param_groups[0]["lr"])  # the lr this step's update uses
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(trainer.callback_metrics["train/loss"]))
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
+def _scheduled_lr(step: int, config: OptimizerConfig, total_steps: int) -> float:
+    """The lr after ``step`` scheduler steps: linear warmup from 0, then cosine from lr down to min_lr."""
+    if step < config.warmup_steps:
+        return config.lr * step / config.warmup_steps
+    progress = (step - config.warmup_steps) / (total_steps - config.warmup_steps)
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def test_fit_with_grad_cache_steps_the_optimizer_and_the_schedule(tmp_path):
     module = tiny_module("bert", rank=32, layers=2, init=False)
     module.grad_cache = GradCache(chunk_size=2, gradient_clip_val=1.0)
     module.automatic_optimization = False
+    # Two warmup steps, then the cosine down to the floor at the last of 4 steps: every branch of the schedule.
+    module.optimizer_config = config = OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2)
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     record = _Losses()
     batch = make_batch(module)
-    trainer = Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+    steps = 4
+    trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                       callbacks=[SVDInit(), RankSampler(), record])
-    trainer.fit(module, DataLoader([batch] * 3, batch_size=None))
-    assert trainer.global_step == 3
+    trainer.fit(module, DataLoader([batch] * steps, batch_size=None))
+    assert trainer.global_step == steps
     assert all(torch.isfinite(torch.tensor(record.losses)))
     assert record.lrs[0] != record.lrs[-1]  # the warmup schedule advanced each step
+    # Each step used, then advanced to, the schedule's value: one scheduler step per optimizer step.
+    assert record.lrs_used == pytest.approx([_scheduled_lr(k, config, steps) for k in range(steps)], rel=1e-9)
+    assert record.lrs == pytest.approx([_scheduled_lr(k + 1, config, steps) for k in range(steps)], rel=1e-9)
+    assert record.lrs == pytest.approx([5e-4, 1e-3, 5.5e-4, 1e-4], rel=1e-9)  # the same, written out
+    # ... and one AdamW step per batch.
+    state = trainer.optimizers[0].state
+    assert state and {float(s["step"]) for s in state.values()} == {float(steps)}
     changed = [n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert any(n.endswith(".A") for n in changed) and any("encoder.layer" in n for n in changed)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -97,9 +99,17 @@ def test_lightning_cli_checkpoint(tmp_path):
 def test_bad_sources_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         mlembed.load(tmp_path / "missing.ckpt")
+    with pytest.raises(FileNotFoundError, match=rf"checkpoint {re.escape(str(tmp_path))}/missing\.ckpt does not exist"):
+        mlembed.load(tmp_path / "missing.ckpt")
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="corrupt.ckpt"):
         mlembed.load(corrupt)
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(corrupt))} could not be read as an mlembed "
+                                         r"EmbeddingModule: invalid load key"):
+        mlembed.load(corrupt)
     with pytest.raises(FileNotFoundError, match="mlembed.json"):
+        mlembed.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(tmp_path))} is not an mlembed export: "
+                                                rf"{re.escape(str(tmp_path))}/mlembed\.json is missing"):
         mlembed.load(tmp_path)

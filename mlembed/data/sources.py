@@ -91,6 +91,8 @@ def _expand(spec: str, flag: str):
         return
     grouped: dict[str, list[str]] = {}
     for url in expand_urls(spec):
+        if "://" not in url and not url.startswith("pipe:") and not Path(url).exists():
+            raise FileNotFoundError(f"{flag}.shards: {url} does not exist (neither a shard directory nor a shard file)")
         match = _SHARD_NAME.match(url.rstrip("/").split("/")[-1].split()[-1])
         if not match:
             raise ValueError(

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mlembed.data.datamodule import LoaderSettings, ShardDataModule, StageSettings
 from mlembed.data.sources import resolve_sources
 
 
-@pytest.mark.parametrize("stage1,stage2,loader,flag", [
-    (StageSettings(["x"], steps=-1), None, None, "--data.stage1.steps"),
-    (StageSettings(["x"], steps=1, batch_size=0), None, None, "--data.stage1.batch_size"),
-    (StageSettings([], steps=3), None, None, "--data.stage1.shards"),
+@pytest.mark.parametrize("stage1,stage2,loader,flag,reason", [
+    (StageSettings(["x"], steps=-1), None, None, "--data.stage1.steps", r" \(-1\) must not be negative"),
+    (StageSettings(["x"], steps=1, batch_size=0), None, None, "--data.stage1.batch_size", r" \(0\) must be at least 1"),
+    (StageSettings([], steps=3), None, None, "--data.stage1.shards", r" is empty but --data\.stage1\.steps is 3"),
     (StageSettings(["x"], steps=1), StageSettings(["x"], steps=1, num_negatives={"ranking": 2}), None,
-     "--data.stage2.num_negatives"),
+     "--data.stage2.num_negatives", r" names unknown task 'ranking' \(tasks: retrieval, "),
     (StageSettings(["x"], steps=1), StageSettings(["x"], steps=1, templates={"retrieval": "{instruction}"}), None,
-     "--data.stage2.templates"),
-    (StageSettings(["x"], steps=1), None, LoaderSettings(bucket_batches=0), "--data.loader.bucket_batches"),
-    (StageSettings(["x"], steps=0), StageSettings(["x"], steps=0), None, "--data.stage1.steps + --data.stage2.steps"),
+     "--data.stage2.templates", r"\[retrieval\] must contain \{query\}: '\{instruction\}'"),
+    (StageSettings(["x"], steps=1), None, LoaderSettings(bucket_batches=0), "--data.loader.bucket_batches",
+     r" \(0\) must be at least 1"),
+    (StageSettings(["x"], steps=0), StageSettings(["x"], steps=0), None, "--data.stage1.steps + --data.stage2.steps",
+     " must be at least 1"),
 ])
-def test_settings_errors_name_the_flag(stage1, stage2, loader, flag):
+def test_settings_errors_name_the_flag(stage1, stage2, loader, flag, reason):
     with pytest.raises(ValueError, match=flag.replace("+", r"\+")):
+        ShardDataModule(stage1, stage2, loader)
+    with pytest.raises(ValueError, match=re.escape(flag) + reason):  # the flag, then why
         ShardDataModule(stage1, stage2, loader)
 
 
@@ -46,6 +52,13 @@ def test_weights_are_required_without_manifest_and_must_name_known_sources(shard
         resolve_sources([str(shard_dir)], {"delta": 1}, "--data.stage1")
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         resolve_sources([str(tmp_path)], None, "--data.stage1")
+    with pytest.raises(FileNotFoundError, match=rf"--data\.stage1\.shards: {re.escape(str(tmp_path))} has no manifest\.json \(unfinished"):
+        resolve_sources([str(tmp_path)], None, "--data.stage1")
+    # A path that does not exist is named as such (not as a file name it cannot read a source from).
+    with pytest.raises(FileNotFoundError, match=rf"--data\.stage1\.shards: {re.escape(str(tmp_path))}/gone does not exist"):
+        resolve_sources([str(tmp_path / "gone")], None, "--data.stage1")
+    with pytest.raises(FileNotFoundError, match=r"--data\.stage1\.shards: \S*/alpha-000006\.tar does not exist"):
+        resolve_sources([f"{shard_dir}/alpha-{{000000..000099}}.tar"], {"alpha": 1}, "--data.stage1")
 
 
 def test_pipe_url_streams_through_the_datamodule(shard_dir, tokenizer):

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+from pathlib import Path
 
 import pytest
 import webdataset as wds
@@ -92,7 +98,9 @@ def test_non_empty_output_is_refused_and_kept_unless_overwrite(tmp_path, capsys)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     other = write_jsonl(tmp_path / "other.jsonl", [{**GOOD, "source": "t"}] * 3)
     assert main(["--input", str(other), "--output", str(out)]) == 1
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--overwrite" in err
+    assert re.search(rf"--output {re.escape(str(out))} is not empty; pass --overwrite", err), err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main(["--input", str(other), "--output", str(out), "--overwrite"]) == 0
     assert [s.source for s in Manifest.load(out).shards] == ["t"]
@@ -133,7 +141,138 @@ def test_crash_inside_tar_writer_leaves_no_partial_shard(tmp_path, monkeypatch):
     assert len(list((tmp_path / "out").glob("*.tar"))) == 1
 
 
-def test_missing_input_and_bad_shard_size(tmp_path):
+# A ``python -m mlembed shards`` run, slowed (a pause per record) or made to SIGKILL itself at a chosen point,
+# so a kill lands mid-shard: SIGKILL runs no ``except``/``finally``, unlike the in-process crashes above.
+WRITER = """
+import os, signal, sys, time
+import webdataset as wds
+from mlembed.data import manifest, shards
+from mlembed.data.shards_cli import main
+
+point, argv = sys.argv[1], sys.argv[2:]
+real_write, real_finish, real_save = wds.TarWriter.write, shards._SourceWriter._finish, manifest.Manifest.save
+calls = []
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def write(self, obj):
+    calls.append(1)
+    if point == "slow":
+        time.sleep(0.005)
+    size = real_write(self, obj)
+    if point == "mid-shard" and len(calls) == 5:  # shard 0 done, shard 1 holds 2 records: flush them, die
+        self.own_fileobj.flush()
+        die()
+    return size
+
+def finish(self, fname):
+    if point == "before-rename":  # the first shard is closed, not yet renamed
+        die()
+    real_finish(self, fname)
+    if point == "after-rename" and len(self.manifest.shards) == 2:
+        die()
+
+def save(self, directory):
+    if point == "before-manifest":  # every shard renamed, the manifest not yet written
+        die()
+    return real_save(self, directory)
+
+wds.TarWriter.write, shards._SourceWriter._finish, manifest.Manifest.save = write, finish, save
+sys.exit(main(argv))
+"""
+KILL_POINTS = ["mid-shard", "before-rename", "after-rename", "before-manifest"]
+
+
+def _writer(point: str, *argv: str) -> subprocess.Popen:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", WRITER, point, *argv], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _assert_killed_build_looks_unfinished(out: Path, shard_size: int) -> None:
+    """After a SIGKILL: no manifest, and every file under a final shard name is whole (all its records)."""
+    assert not (out / "manifest.json").exists()
+    for tar in out.iterdir():
+        if re.fullmatch(r"s-\d{6}\.tar", tar.name):
+            with tarfile.open(tar) as handle:  # a truncated tar raises here, or holds fewer members
+                assert len(handle.getnames()) == shard_size, f"{tar.name} is incomplete under its final name"
+            assert len(list(read_samples([str(tar)]))) == shard_size
+        else:  # only the files a build in progress writes
+            assert tar.name.endswith((".tar.partial", ".json.tmp")), tar.name
+    with pytest.raises(FileNotFoundError, match="unfinished build"):
+        Manifest.load(out)
+
+
+def _assert_full_build(out: Path, rows: list[dict], shard_size: int) -> None:
+    manifest = Manifest.load(out)
+    ids = [s["id"] for shard in manifest.shards for s in read_samples([str(out / shard.path)])]
+    assert ids == [r["id"] for r in rows]
+    assert [s.samples for s in manifest.shards] == [shard_size] * (len(rows) // shard_size)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *(s.path for s in manifest.shards)])
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_at_each_point_of_a_shard_leaves_nothing_complete_looking(tmp_path, point):
+    rows = [{**GOOD, "id": str(i)} for i in range(9)]
+    path, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out"
+    proc = _writer(point, "--input", str(path), "--output", str(out), "--shard-size", "3")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    _assert_killed_build_looks_unfinished(out, 3)
+    finals = sorted(p.name for p in out.glob("*.tar"))
+    assert finals == {"mid-shard": ["s-000000.tar"], "before-rename": [], "after-rename": ["s-000000.tar",
+                      "s-000001.tar"], "before-manifest": ["s-000000.tar", "s-000001.tar", "s-000002.tar"]}[point]
+    if point in ("mid-shard", "before-rename"):
+        assert list(out.glob("*.tar.partial"))  # the shard being written is left under its temporary name
+    # The unfinished directory is refused as it is, and rebuilt whole with --overwrite.
+    assert main(["--input", str(path), "--output", str(out), "--shard-size", "3"]) == 1
+    assert main(["--input", str(path), "--output", str(out), "--shard-size", "3", "--overwrite"]) == 0
+    _assert_full_build(out, rows, 3)
+
+
+def test_sigkill_from_outside_mid_shard_then_rerun_builds_everything(tmp_path):
+    rows = [{**GOOD, "id": str(i)} for i in range(2000)]
+    path, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out"
+    proc = _writer("slow", "--input", str(path), "--output", str(out), "--shard-size", "20")
+    deadline = time.monotonic() + 120
+    try:
+        # Kill a few records into the third shard (two are finished), whatever names the writer uses.
+        while len(list(out.glob("s-*"))) < 3:
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the writer never got to its third shard"
+            time.sleep(0.002)
+        time.sleep(0.03)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list(out.glob("*.tar"))) < len(rows) // 20  # it really died mid-build
+    _assert_killed_build_looks_unfinished(out, 20)
+    assert main(["--input", str(path), "--output", str(out), "--shard-size", "20", "--overwrite"]) == 0
+    _assert_full_build(out, rows, 20)
+
+
+def test_sigkill_during_overwrite_keeps_the_earlier_build(tmp_path):
+    old_rows = [{**GOOD, "id": f"old{i}"} for i in range(6)]
+    rows = [{**GOOD, "id": str(i)} for i in range(9)]
+    old, path, out = write_jsonl(tmp_path / "old.jsonl", old_rows), write_jsonl(tmp_path / "in.jsonl", rows), \
+        tmp_path / "out"
+    assert main(["--input", str(old), "--output", str(out), "--shard-size", "3"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = _writer("before-manifest", "--input", str(path), "--output", str(out), "--shard-size", "3", "--overwrite")
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier build, whole
+    _assert_full_build(out, old_rows, 3)
+    assert main(["--input", str(path), "--output", str(out), "--shard-size", "3", "--overwrite"]) == 0
+    _assert_full_build(out, rows, 3)
+
+
+def test_missing_input_and_bad_shard_size(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o")]) == 1
-    with pytest.raises(ValueError, match="--shard-size"):
+    assert f"error: --input {tmp_path / 'nope.jsonl'}: no such file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--shard-size \(0\) must be at least 1"):
         write_shards([], tmp_path / "o2", shard_size=0)

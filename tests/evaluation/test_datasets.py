@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mlembed.evaluation.datasets import pairs_to_sets, read_beir, read_bitext, read_lee, read_pairs, read_sts
@@ -72,5 +74,9 @@ def test_malformed_lines_name_file_and_line(tmp_path, name, content, reader, mes
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_bitext(tmp_path / "nope.jsonl")
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(tmp_path / 'nope.jsonl'))}: no such evaluation file"):
+        read_bitext(tmp_path / "nope.jsonl")
     with pytest.raises(FileNotFoundError, match="no queries.jsonl or queries.tsv"):
+        read_beir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(tmp_path))}: no queries\.jsonl or queries\.tsv"):
         read_beir(tmp_path)

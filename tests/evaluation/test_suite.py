@@ -38,6 +38,21 @@ def test_caps_sample_is_seeded(demo_dir):
 
     assert draw(3) == draw(3)
 
+    # The seed picks the sample: another seed draws other pairs (as many, from the same file).
+    def pairs(seed):
+        task = build_tasks(["bitext"], data_dir=demo_dir, caps=EvalCaps(max_pairs_per_language=2, seed=seed))[0]
+        return list(zip(task.langs, task.src, task.tgt))
+
+    full = build_tasks(["bitext"], data_dir=demo_dir, caps=EvalCaps(max_pairs_per_language=None))[0]
+    assert pairs(3) == pairs(3) and pairs(3) != pairs(4)
+    assert len(pairs(4)) == 6 and set(pairs(4)) <= set(zip(full.langs, full.src, full.tgt))
+    assert len({tuple(pairs(seed)) for seed in range(10)}) > 2  # not just two fixed samples
+
+    def sts(seed):
+        return build_tasks(["lee"], caps=EvalCaps(max_sts_pairs=10, seed=seed))[0].text1
+
+    assert sts(3) == sts(3) and sts(3) != sts(4)
+
 
 def test_user_tasks_are_named_after_their_files(tmp_path):
     write_jsonl(tmp_path / "mine.jsonl", [{"text1": "a", "text2": "b", "score": 1}, {"text1": "c", "text2": "d",
@@ -47,11 +62,11 @@ def test_user_tasks_are_named_after_their_files(tmp_path):
     assert (sts.name, pairs.name) == ("mine", "pairs")
 
 
-@pytest.mark.parametrize(("specs", "message"), [
-    (["nope"], "unknown task"),
-    (["foo:bar.jsonl"], "unknown kind 'foo'"),
-    (["bitext"], "--data-dir is not set"),
-    (["lee", "lee"], "two tasks are named"),
+@pytest.mark.parametrize(("specs", "message"), [  # the flag and the spec, then the reason (regular expressions)
+    (["nope"], r"--tasks 'nope': unknown task; built-ins are \[.*'lee'.*\], or KIND:PATH"),
+    (["foo:bar.jsonl"], r"--tasks 'foo:bar\.jsonl': unknown kind 'foo'; use one of \['sts', 'bitext', 'pairs', "),
+    (["bitext"], r"--tasks bitext: reads DATA_DIR/eval/bitext\.jsonl, but --data-dir is not set"),
+    (["lee", "lee"], r"--tasks: two tasks are named \['lee'\]; rename a file"),
 ])
 def test_bad_specs_fail_clearly(specs, message):
     with pytest.raises(ValueError, match=message):
@@ -59,5 +74,5 @@ def test_bad_specs_fail_clearly(specs, message):
 
 
 def test_caps_validate_and_name_the_flag():
-    with pytest.raises(ValueError, match="--max-languages"):
+    with pytest.raises(ValueError, match=r"--max-languages \(0\) must be at least 1"):
         EvalCaps(max_languages=0)

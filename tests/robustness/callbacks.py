@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -86,3 +87,59 @@ class PoisonAt(Callback):
             with torch.no_grad():
                 self._weight(pl_module).copy_(self._saved)
             self._saved = None
+
+
+class SnapshotAround(Callback):
+    """Saves the model, optimizer and schedule state around training batch ``batch`` (0-based, counted here).
+
+    Three snapshots go to ``dirpath``: ``before.pt`` (end of the batch before, after its optimizer step),
+    ``after.pt`` (end of batch ``batch``) and ``next.pt`` (end of the batch after). Callbacks run in the order
+    they are given, so one added after PoisonAt sees the poisoned weight already restored at ``after``.
+
+    Args:
+        batch: the index, among the training batches of this run, of the batch to watch.
+        dirpath: where the snapshots go.
+    """
+
+    def __init__(self, batch: int, dirpath: str) -> None:
+        self.batch = batch
+        self.dirpath = Path(dirpath)
+        self.seen = 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        names = {self.batch - 1: "before.pt", self.batch: "after.pt", self.batch + 1: "next.pt"}
+        if self.seen in names:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            optimizer = trainer.optimizers[0]
+            scheduler = trainer.lr_scheduler_configs[0].scheduler
+            torch.save({
+                "model": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+                "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "scheduler": copy.deepcopy(scheduler.state_dict()),
+                "global_step": trainer.global_step,
+                "nonfinite_skipped": getattr(pl_module, "nonfinite_skipped", None),
+            }, self.dirpath / names[self.seen])
+        self.seen += 1
+
+
+class SavePredictions(Callback):
+    """Collects what ``predict`` returns, batch by batch, with the batch's sample ids; saves it at the end.
+
+    ``path`` gets ``{"ids": [str], "vectors": FloatTensor [N, H]}`` (torch.save), rows in prediction order.
+
+    Args:
+        path: the file to write.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.ids: list[str] = []
+        self.vectors: list[torch.Tensor] = []
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx,
+                             dataloader_idx: int = 0) -> None:
+        self.ids += list(batch["ids"])
+        self.vectors.append(outputs.detach().float().cpu())
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        torch.save({"ids": self.ids, "vectors": torch.cat(self.vectors)}, self.path)
