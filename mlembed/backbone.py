@@ -1,4 +1,4 @@
-"""The Hugging Face backbone: built from a local path or a config, returning the hidden states asked for.
+"""The Hugging Face backbone: built from a hub id, a local path or a config, returning the hidden states asked for.
 
 Nothing of a model's internals is re-implemented: the backbone runs the model's own forward with
 ``output_hidden_states`` and only finds (generically) the layer list and the final norm. That is what lets
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlembed.paths import resolve_path
+from mlembed.paths import resolve_model, split_hub_id, with_revision
 
 #: Attribute names under which architectures keep the norm applied after their last layer.
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
@@ -27,12 +27,17 @@ class BackboneConfig:
     """Which Hugging Face model to train; swapping the backbone is a change of these fields only."""
 
     pretrained: str | None = None
-    """Local directory of a pretrained Hugging Face model (nothing is downloaded)."""
+    """The pretrained Hugging Face model: a hub id (``Qwen/Qwen3-0.6B``, resolved by transformers through the
+    hub cache, ``HF_HOME`` / ``HF_HUB_CACHE``, and ``HF_HUB_OFFLINE``), a local directory, or ``pkg://pkg/path``."""
     config: dict[str, Any] | None = None
     """Config of a randomly initialised model instead: keyword arguments with ``model_type`` (e.g. a tiny
     Qwen3 for tests); applied on top of ``pretrained``'s config when both are given."""
     tokenizer: str | None = None
-    """Local tokenizer directory; default: ``pretrained``."""
+    """The tokenizer, named like ``pretrained`` (a hub id may pin its own revision: ``ORG/NAME@REVISION``);
+    default: ``pretrained``'s, at ``revision``."""
+    revision: str | None = None
+    """Branch, tag or commit of the hub id ``pretrained`` (and of its tokenizer) given to ``from_pretrained``;
+    null: the repository's default branch. A commit hash makes the run reproducible."""
     max_seq_length: int = 512
     """Texts are cut to this many tokens (EOS included)."""
     dtype: str = "float32"
@@ -48,26 +53,43 @@ class BackboneConfig:
     """Seed of the random initialisation when ``config`` is given without ``pretrained``."""
 
     def __post_init__(self) -> None:
-        if self.pretrained is not None:
-            self.pretrained = resolve_path(self.pretrained, "--model.backbone.pretrained")
-        if self.tokenizer is not None:
-            self.tokenizer = resolve_path(self.tokenizer, "--model.backbone.tokenizer")
         if self.pretrained is None and self.config is None:
-            raise ValueError("set --model.backbone.pretrained (a local model directory) or --model.backbone.config")
+            raise ValueError("set --model.backbone.pretrained (a hub id or a local model directory) or "
+                             "--model.backbone.config")
         if self.config is not None and self.pretrained is None and "model_type" not in self.config:
             raise ValueError("--model.backbone.config needs a 'model_type' (e.g. qwen3, bert) to build a model")
-        if self.pretrained is not None and not Path(self.pretrained).exists():
-            raise FileNotFoundError(
-                f"--model.backbone.pretrained {self.pretrained!r} is not a local directory "
-                "(mlembed never downloads: point it at a saved model)"
-            )
         if self.tokenizer is None and self.pretrained is None:
             raise ValueError("--model.backbone.tokenizer is required when the model is built from a config")
+        if self.revision is not None and self.pretrained is None:
+            raise ValueError(f"--model.backbone.revision {self.revision!r} pins --model.backbone.pretrained, which is "
+                             "not set (pin a tokenizer as --model.backbone.tokenizer=ORG/NAME@REVISION)")
+        # Names are resolved (and an unresolvable one refused, in one line) before anything is built.
+        if self.pretrained is not None:
+            self.pretrained = resolve_model(self.pretrained, "--model.backbone.pretrained", self.revision,
+                                            needs="config.json")
+            if self.revision is not None and not self.is_hub_id:
+                raise ValueError(f"--model.backbone.revision {self.revision!r} pins a hub id, but "
+                                 f"--model.backbone.pretrained {self.pretrained!r} is a local directory")
+        if self.tokenizer is not None and self.tokenizer != self.pretrained:
+            self.tokenizer = resolve_model(self.tokenizer, "--model.backbone.tokenizer")
+
+    @property
+    def is_hub_id(self) -> bool:
+        """Whether ``pretrained`` names a hub repository (rather than a local directory)."""
+        return (self.pretrained is not None and not Path(self.pretrained).exists()
+                and split_hub_id(self.pretrained) is not None)
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of every ``from_pretrained`` of ``pretrained`` (AutoConfig, AutoModel): the revision."""
+        return {} if self.revision is None else {"revision": self.revision}
 
     @property
     def tokenizer_path(self) -> str:
-        """Where the tokenizer lives."""
-        return self.tokenizer or str(self.pretrained)
+        """The tokenizer's name for ``mlembed.text.load_tokenizer``: ``tokenizer``, else ``pretrained``, with
+        ``@revision`` when the tokenizer is the pinned hub id's."""
+        if self.tokenizer is not None and self.tokenizer != self.pretrained:
+            return self.tokenizer
+        return with_revision(str(self.pretrained), self.revision)
 
 
 class Backbone(nn.Module):
@@ -90,8 +112,9 @@ class Backbone(nn.Module):
         dtype = getattr(torch, cfg.dtype)
         kwargs = {} if cfg.attn_implementation is None else {"attn_implementation": cfg.attn_implementation}
         if cfg.pretrained is not None:
-            hf_config = AutoConfig.from_pretrained(cfg.pretrained, **(cfg.config or {}))
-            model = AutoModel.from_pretrained(cfg.pretrained, config=hf_config, dtype=dtype, **kwargs)
+            hub = cfg.from_pretrained_kwargs()
+            hf_config = AutoConfig.from_pretrained(cfg.pretrained, **hub, **(cfg.config or {}))
+            model = AutoModel.from_pretrained(cfg.pretrained, config=hf_config, dtype=dtype, **hub, **kwargs)
         else:
             options = dict(cfg.config)
             try:

@@ -463,7 +463,7 @@ def default_pooling(config: BackboneConfig) -> Pooling:
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     if config.pretrained is not None:
-        model_type = AutoConfig.from_pretrained(config.pretrained).model_type
+        model_type = AutoConfig.from_pretrained(config.pretrained, **config.from_pretrained_kwargs()).model_type
     else:
         model_type = config.config["model_type"]
     return MeanPooling() if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else LastTokenPooling()

@@ -33,7 +33,8 @@ class TextTokenizer:
     """
 
     path: str
-    """Local directory (or file) of a Hugging Face tokenizer."""
+    """A Hugging Face tokenizer: a local directory (or file), or a hub id ``ORG/NAME`` (``ORG/NAME@REVISION``
+    pins a branch, tag or commit); see ``load_tokenizer``."""
     max_seq_length: int = 512
     """Texts are truncated to this many tokens, the appended EOS included."""
     append_eos: bool = False
@@ -89,12 +90,22 @@ def pad_token_id(tok) -> int:
 
 
 def load_tokenizer(path: str):
-    """Load a tokenizer from a local path, with an error that names the path when it is not one."""
+    """Load a tokenizer from a local path or a hub id (``ORG/NAME`` or ``ORG/NAME@REVISION``).
+
+    A hub id goes to ``AutoTokenizer.from_pretrained`` with its revision, so transformers resolves it as for
+    any user: the hub cache (``HF_HOME`` / ``HF_HUB_CACHE``), ``HF_HUB_OFFLINE``, a download when online.
+    """
     from transformers import AutoTokenizer
 
-    if not Path(path).exists():
+    from mlembed.paths import split_hub_id
+
+    if Path(path).exists():
+        return AutoTokenizer.from_pretrained(path)
+    parts = split_hub_id(path)
+    if parts is None:
         raise FileNotFoundError(
-            f"tokenizer path {path!r} does not exist (mlembed loads tokenizers from local paths only: "
-            "set --model.backbone.tokenizer or --model.backbone.pretrained to a directory)"
+            f"tokenizer path {path!r} does not exist and is not a Hugging Face hub id (ORG/NAME[@REVISION]): "
+            "set --model.backbone.tokenizer or --model.backbone.pretrained to a directory or a hub id"
         )
-    return AutoTokenizer.from_pretrained(path)
+    repo_id, revision = parts
+    return AutoTokenizer.from_pretrained(repo_id, revision=revision)
