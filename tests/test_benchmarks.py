@@ -79,3 +79,13 @@ def test_gradcache_benchmark_prints_memory_and_time_ratios_with_equal_losses():
         assert float(line.group(1)) > 0 and float(line.group(2)) > 0
         assert float(line.group(3)) < 1e-4  # the cached step computes the uncached loss
     assert re.search(r"doubling the batch: uncached peak memory [\d.]+x, cached [\d.]+x", out)
+
+
+def test_shards_benchmark_prints_worker_ratios_at_a_toy_size():
+    out = run(str(ROOT / "benchmarks/bench_shards.py"), "--rows", "400", "--shard-size", "50")
+    assert "synthetic F2LLM-v2 release: 400 rows in 4 parquet files" in out
+    runs = dict(re.findall(r"(1 worker|2 workers): .* process tree \((\d+) processes\)", out))
+    assert int(runs["1 worker"]) == 1 and int(runs["2 workers"]) >= 3  # the writer and its 2 worker processes
+    ratios = re.search(r"2 workers / 1 worker: records/s ([\d.]+)x; peak tree RSS ([\d.]+)x, PSS ([\d.]+)x", out)
+    assert ratios, out
+    assert all(float(v) > 0 for v in ratios.groups())

@@ -29,6 +29,11 @@ class RecordError(ValueError):
         self.line = line
         self.reason = reason
 
+    def __reduce__(self):
+        # Pickled by its own arguments (an exception pickles as ``cls(*args)``, and args is only the message),
+        # so that one raised in a shard-writing worker process reaches the parent whole.
+        return (RecordError, (self.file, self.line, self.reason))
+
 
 @dataclass
 class Record:
@@ -175,7 +180,9 @@ def _parquet_file(path: Path):
         import pyarrow.parquet as pq
     except ImportError as err:  # pragma: no cover - pyarrow is a dev extra
         raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from err
-    return pq.ParquetFile(path)
+    # pre_buffer=False: with it on (pyarrow's default), iter_batches reads ahead over the whole file, so memory
+    # grew with the file's size; off, it holds about one row group at a time.
+    return pq.ParquetFile(path, pre_buffer=False)
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, object]]:

@@ -10,13 +10,20 @@ in only once complete, so a bad record (or a crash) leaves the earlier shards as
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import queue
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Protocol
 
-import webdataset as wds
 from tqdm import tqdm
 
 from mlembed.data.manifest import MANIFEST_NAME, Manifest, ShardInfo
@@ -36,6 +43,10 @@ class _SourceWriter:
     def __init__(self, directory: Path, source: str, task: str, shard_size: int, manifest: Manifest):
         self.directory, self.source, self.task, self.manifest = directory, source, task, manifest
         self.counts: dict[str, int] = {}
+        # Imported here: webdataset imports torch (~250 MB, seconds), which a parent that only hands sources to
+        # worker processes never needs.
+        import webdataset as wds
+
         pattern = str(directory / f"{source}-%06d.tar{PARTIAL}")
         self.writer = wds.ShardWriter(pattern, maxcount=shard_size, post=self._finish, verbose=0)
         self.index = 0
@@ -140,11 +151,16 @@ def write_shards(inputs: list[str | Path], output: str | Path, shard_size: int =
 
 
 def _write(stream, output, shard_size: int, overwrite: bool, skip_invalid: bool, total) -> Manifest:
+    return _build(output, overwrite, lambda directory: _fill(directory, stream, shard_size, skip_invalid, total))
+
+
+def _build(output, overwrite: bool, fill: Callable[[Path], Manifest]) -> Manifest:
+    """Run ``fill`` (shards, then the manifest) into ``output``, or into a staging directory swapped in after."""
     directory = prepare_output(output, overwrite)
     if directory == Path(output):  # a new or empty output: nothing earlier to keep
-        return _fill(directory, stream, shard_size, skip_invalid, total)
+        return fill(directory)
     try:
-        manifest = _fill(directory, stream, shard_size, skip_invalid, total)
+        manifest = fill(directory)
         _swap_in(directory, Path(output))
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)  # the earlier shards in ``output`` are untouched
@@ -179,6 +195,204 @@ def _fill(directory: Path, stream, shard_size: int, skip_invalid: bool, total) -
     manifest.shards.sort(key=lambda s: s.path)
     manifest.save(directory)
     return manifest
+
+
+class SourceJob(Protocol):
+    """All the records of one source, to be written by ``write_sources`` (picklable, for worker processes)."""
+
+    source: str
+    """The source's name (every record it yields has this source)."""
+    task: str
+    """The source's task (every record it yields has this task)."""
+
+    @property
+    def rows(self) -> int:
+        """How many records (valid or not) ``records`` yields: the progress bar's total."""
+
+    def records(self) -> Iterator[tuple[int, Record | RecordError]]:
+        """``(line, record)`` for every row; bad ones as ``RecordError`` (like ``read_records``)."""
+
+
+def write_sources(jobs: Sequence[SourceJob], output: str | Path, shard_size: int = 10_000,
+                  skip_invalid: bool = False, overwrite: bool = False, workers: int = 1) -> Manifest:
+    """Write every job's source into its own shards in ``output``, ``workers`` sources at a time, then the manifest.
+
+    Each job is written by one process (with ``workers > 1``, a pool of fresh ``spawn`` processes), into the same
+    directory under the job's own shard names; the parent merges their manifests, so the shards and manifest do
+    not depend on ``workers``. The output guarantees are those of ``write_shards``: a shard is renamed only once
+    complete, the manifest is written last, and with ``overwrite`` the build is staged and swapped in only once
+    every source succeeded. The first failing source stops the others (their unfinished shards are deleted).
+
+    Raises:
+        RecordError: the first bad record of a failing source, when ``skip_invalid`` is off.
+        ValueError: bad ``shard_size`` / ``workers``, or two jobs of the same source.
+    """
+    if shard_size < 1:
+        raise ValueError(f"--shard-size ({shard_size}) must be at least 1")
+    if workers < 1:
+        raise ValueError(f"--workers ({workers}) must be at least 1")
+    seen: set[str] = set()
+    for job in jobs:
+        if job.source in seen:
+            raise ValueError(f"source {job.source!r} is given twice (each source is written by one job)")
+        seen.add(job.source)
+    return _build(output, overwrite, lambda directory: _fill_sources(directory, list(jobs), shard_size,
+                                                                     skip_invalid, workers))
+
+
+PROGRESS_EVERY = 1024
+"""Records between two progress-bar updates of a source writer."""
+
+
+def _fill_sources(directory: Path, jobs: list[SourceJob], shard_size: int, skip_invalid: bool,
+                  workers: int) -> Manifest:
+    with tqdm(total=sum(job.rows for job in jobs), desc="writing shards", unit=" rec", disable=None) as bar:
+        if workers == 1 or len(jobs) <= 1:
+            parts = [_write_source(directory, job, shard_size, skip_invalid, bar.update) for job in jobs]
+        else:
+            parts = _write_in_pool(directory, jobs, shard_size, skip_invalid, min(workers, len(jobs)), bar)
+    manifest = Manifest()
+    for part in parts:  # in job order, so the manifest does not depend on which worker finished first
+        manifest.shards.extend(part.shards)
+        manifest.invalid += part.invalid
+        for reason, count in part.invalid_reasons.items():
+            manifest.invalid_reasons[reason] = manifest.invalid_reasons.get(reason, 0) + count
+        manifest.invalid_examples.extend(part.invalid_examples)
+    del manifest.invalid_examples[MAX_EXAMPLES:]
+    manifest.shards.sort(key=lambda s: s.path)
+    manifest.save(directory)
+    return manifest
+
+
+def _write_source(directory: Path, job: SourceJob, shard_size: int, skip_invalid: bool,
+                  progress: Callable[[int], object]) -> Manifest:
+    """Write one source's shards into ``directory``; return its part of the manifest (not saved)."""
+    manifest = Manifest()
+    writer: _SourceWriter | None = None
+    done = 0
+    try:
+        for _, item in job.records():
+            done += 1
+            if done == PROGRESS_EVERY:
+                progress(done)
+                done = 0
+            if isinstance(item, RecordError):
+                if not skip_invalid:
+                    raise item
+                _count_invalid(manifest, item)
+                continue
+            if writer is None:  # created on the first good record: a source of only bad ones writes no shard
+                writer = _SourceWriter(directory, job.source, job.task, shard_size, manifest)
+            writer.write(item)
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        # Only this source's unfinished shard: other workers may be writing theirs into the same directory.
+        own = re.compile(re.escape(job.source) + r"-\d+\.tar" + re.escape(PARTIAL))
+        for path in directory.glob(f"{job.source}-*{PARTIAL}"):
+            if own.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+        raise
+    progress(done)
+    manifest.shards.sort(key=lambda s: s.path)
+    return manifest
+
+
+class WorkerDied(RuntimeError):
+    """A shard-writing worker process ended without a result (killed, or out of memory)."""
+
+
+class _ParentGone(RuntimeError):
+    """In a pool worker: the process that started it was killed."""
+
+
+_worker_state: dict = {}
+"""In a pool worker: its progress queue, the stop event, the pid of the process that started it, and whether a
+job is running."""
+
+
+def _init_worker(progress, stop, parent_pid: int) -> None:
+    _worker_state.update(progress=progress, stop=stop, parent=parent_pid, busy=False)
+    threading.Thread(target=_watch_parent, daemon=True).start()
+
+
+def _watch_parent() -> None:
+    """End an idle worker whose parent was killed (it would wait for work forever); a busy one ends itself at its
+    next progress report, once it has deleted its unfinished shard."""
+    while True:
+        time.sleep(0.2)
+        if os.getppid() != _worker_state["parent"] and not _worker_state["busy"]:
+            os._exit(1)
+
+
+def _report(count: int) -> None:
+    """A worker's progress report, and where it notices that it should stop (before the next records)."""
+    if os.getppid() != _worker_state["parent"]:
+        # The parent was killed (SIGKILL runs no cleanup): stop rather than finish shards of an abandoned build.
+        raise _ParentGone(f"the shard writer (pid {_worker_state['parent']}) that started this worker is gone")
+    if _worker_state["stop"].is_set():
+        raise RuntimeError("stopped: another source of the build failed")
+    _worker_state["progress"].put(count)
+
+
+def _run_job(directory: Path, job: SourceJob, shard_size: int, skip_invalid: bool) -> Manifest:
+    _worker_state["busy"] = True
+    try:
+        return _write_source(directory, job, shard_size, skip_invalid, _report)
+    except _ParentGone:
+        os._exit(1)  # its unfinished shard is deleted; nobody waits for a result
+    finally:
+        _worker_state["busy"] = False
+
+
+def _write_in_pool(directory: Path, jobs: list[SourceJob], shard_size: int, skip_invalid: bool, workers: int,
+                   bar) -> list[Manifest]:
+    """``_write_source`` of every job in a pool of ``workers`` processes; the parts in job order.
+
+    ``spawn`` rather than ``fork``: the parent may hold pyarrow's threads, which a fork copies in whatever state
+    they are in. The largest sources start first, so that one big source does not start last. When a source
+    fails, the others stop at their next progress report (deleting their unfinished shard) and the rest are not
+    started; a worker that dies (SIGKILL, out of memory) breaks the pool, whose other workers are then killed.
+    """
+    context = multiprocessing.get_context("spawn")
+    progress, stop = context.Queue(), context.Event()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(progress, stop, os.getpid()))
+    futures: dict = {}
+    try:
+        for i in sorted(range(len(jobs)), key=lambda i: -jobs[i].rows):
+            futures[pool.submit(_run_job, directory, jobs[i], shard_size, skip_invalid)] = i
+        waiting = set(futures)
+        while waiting:
+            _drain(progress, bar, timeout=0.1)
+            done, waiting = wait(waiting, timeout=0, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # re-raises a worker's error, which stops the others below
+        bar.update(bar.total - bar.n)  # every row is written; reports still in the queue would only add up to it
+        parts = {futures[future]: future.result() for future in futures}
+        return [parts[i] for i in range(len(jobs))]
+    except BrokenProcessPool as err:
+        raise WorkerDied("a shard-writing worker process died (killed, or out of memory?); nothing was finished: "
+                         "rerun with --overwrite") from err
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if not all(f.done() and not f.cancelled() and f.exception() is None for f in futures):
+            for path in directory.glob(f"*{PARTIAL}"):  # what killed workers left
+                path.unlink(missing_ok=True)
+        progress.close()
+
+
+def _drain(progress, bar, timeout: float) -> None:
+    """Move the workers' progress reports onto the bar (waiting up to ``timeout`` for the first one)."""
+    try:
+        bar.update(progress.get(timeout=timeout))
+        while True:
+            bar.update(progress.get_nowait())
+    except queue.Empty:
+        pass
 
 
 def _count_invalid(manifest: Manifest, err: RecordError) -> None:

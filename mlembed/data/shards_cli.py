@@ -1,12 +1,20 @@
-"""``python -m mlembed shards``: JSONL / parquet records -> webdataset shards + manifest, or the demo data."""
+"""``python -m mlembed shards``: JSONL / parquet records -> webdataset shards + manifest, or the demo data.
+
+``--format f2llm`` reads the released ML-Embed / F2LLM-v2 data as it is (one parquet file per source; see
+``mlembed.data.f2llm``), one source per worker process with ``--workers N``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from mlembed.batch import TASKS
 from mlembed.data.records import RecordError
-from mlembed.data.shards import summary, write_shards
+from mlembed.data.shards import WorkerDied, summary, write_shards
+
+FORMATS = ("records", "f2llm")
+"""Input formats of ``--format``."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -14,14 +22,31 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mlembed shards",
         description="Write webdataset shards (one source per shard) and manifest.json from JSONL/parquet "
-        "records {id?, query, positive, negatives, instruction?, source, task}.",
+        "records {id?, query, positive, negatives, instruction?, source, task}, or (--format f2llm) from the "
+        "released ML-Embed / F2LLM-v2 data: one parquet file per source, named after it, with columns query, "
+        "passage, negative_1..negative_24.",
     )
     p.add_argument("--input", nargs="+", metavar="FILE", help="input .jsonl or .parquet files")
+    p.add_argument("--format", choices=FORMATS, default="records",
+                   help="records: rows that name their source and task (default); f2llm: one parquet file per "
+                   "source (source = file stem, task from the reference's lists)")
     p.add_argument("--output", metavar="DIR", help="output directory (must be empty unless --overwrite)")
     p.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="samples per shard (10000)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip bad records (counted in the manifest and summary) instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace shards and manifest of an earlier run")
+    f2llm = p.add_argument_group("--format f2llm")
+    f2llm.add_argument("--task-of", action="append", default=[], metavar="SOURCE=TASK",
+                       help="the task of a source (repeatable); wins over --task-map and the reference's lists")
+    f2llm.add_argument("--task-map", metavar="FILE.yaml", help="a YAML file of source: task lines")
+    f2llm.add_argument("--only-task", action="append", choices=TASKS, metavar="TASK",
+                       help="write only the sources of this task (repeatable); the others are listed, not written")
+    f2llm.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                       help="another layout of one file per source: e.g. query=anchor,positive=pos,negatives=neg_* "
+                       "(negatives: a glob or one list column; also id=COL, instruction=COL); default "
+                       "query=query,positive=passage,negatives=negative_*")
+    f2llm.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="write N sources at a time, each in its own process (1)")
     p.add_argument("--demo", metavar="OUTDIR",
                    help="build the demo data (Django translations, chatterbot dialogues) into OUTDIR instead")
     return p
@@ -38,14 +63,35 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.input or not args.output:
         p.error("--input and --output are required (or --demo OUTDIR)")
+    if args.format != "f2llm":
+        given = [flag for flag, value in (("--task-of", args.task_of), ("--task-map", args.task_map),
+                                          ("--only-task", args.only_task), ("--columns", args.columns),
+                                          ("--workers", args.workers != 1)) if value]
+        if given:
+            p.error(f"{', '.join(given)} need --format f2llm")
     try:
-        manifest = write_shards(args.input, args.output, shard_size=args.shard_size,
-                                skip_invalid=args.skip_invalid, overwrite=args.overwrite)
-    except (RecordError, FileExistsError, FileNotFoundError, ValueError) as err:
+        if args.format == "f2llm":
+            manifest = _f2llm(args)
+        else:
+            manifest = write_shards(args.input, args.output, shard_size=args.shard_size,
+                                    skip_invalid=args.skip_invalid, overwrite=args.overwrite)
+    except (RecordError, FileExistsError, FileNotFoundError, ValueError, WorkerDied) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary(manifest))
     return 0
+
+
+def _f2llm(args):
+    from mlembed.data.f2llm import plan_sources
+    from mlembed.data.shards import write_sources
+
+    jobs, left_out = plan_sources(args.input, args.columns, args.task_of, args.task_map, args.only_task)
+    if left_out:
+        print(f"left out (--only-task {' '.join(args.only_task)}): "
+              + ", ".join(f"{job.source} ({job.task})" for job in left_out), file=sys.stderr)
+    return write_sources(jobs, args.output, shard_size=args.shard_size, skip_invalid=args.skip_invalid,
+                         overwrite=args.overwrite, workers=args.workers)
 
 
 if __name__ == "__main__":  # pragma: no cover
