@@ -28,7 +28,8 @@ from mlembed.loading import load_checkpoint
 from tests.robustness.tiny_run import FIXTURES, ROOT, callback, checkpoint_every_step, fit_args
 
 SWITCHES = list(itertools.product([True, False], repeat=3))
-GRID_CAPS = {"max_pairs_per_language": 10, "max_queries_per_language": 5, "max_languages": 2, "max_sts_pairs": 60}
+GRID_CAPS = {"max_pairs_per_language": 10, "max_queries_per_language": 5, "max_languages": 2, "max_sts_pairs": 60,
+             "max_passages": 10}
 """Evaluation sets cut down so a test's grid takes seconds; the shipped demo uses the defaults."""
 
 
@@ -117,10 +118,13 @@ def test_demo_config_builds_its_data_and_runs_with_fast_dev_run(tmp_path):
     assert (tmp_path / "data" / "demo" / "demo.json").is_file()  # built on first use, from installed packages
     grid = next((tmp_path / "runs" / "demo").glob("**/grid"))
     assert (grid / "grid.csv").is_file() and (grid / "baseline" / "grid.csv").is_file()
+    assert (grid / "control" / "grid.csv").is_file()  # the control arm trained and was scored
     comparison = (grid / "comparison.csv").read_text()
-    assert "rank" in comparison and len(comparison.splitlines()) > 1
+    assert "rank" in comparison and len(comparison.splitlines()) > 1 and "delta_control" in comparison
+    assert "| point | starting model | plain fine-tune | 3D-ML |" in (grid / "comparison.md").read_text()
     rows = list(csv.DictReader((grid / "grid.csv").open()))
-    assert {r["rank"] for r in rows} == {"64", "128", "256", "384"} and {r["depth"] for r in rows} == {"1", "2", "4", "6"}
+    assert {r["rank"] for r in rows} == {"32", "64", "128", "384"} and {r["depth"] for r in rows} == {"1", "2", "4", "6"}
+    assert {r["task"] for r in rows} == {"lee", "wiki", "sphinx", "bitext", "dialogue"}
 
 
 def test_tiny_qwen3_config_runs_the_decoder_path_through_both_stages(workdir):
