@@ -1,6 +1,6 @@
 """Pooling token states [B, T, H] into one vector per text [B, H].
 
-Each strategy is a small class so that YAML picks it by ``class_path`` (STYLE rule 4).
+Each strategy is a small class so that YAML picks it by ``class_path`` (no table of names to classes).
 """
 
 from __future__ import annotations

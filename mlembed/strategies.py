@@ -34,7 +34,7 @@ class CPUFSDPStrategy(FSDPStrategy):
 
     Lightning refuses the exact FSDPStrategy class without a GPU, and FSDP picks the current CUDA device as its
     compute device unless it is given ``device_id=cpu``. Use ``state_dict_type="sharded"`` ("full" crashed on
-    CPU, NOTES-lightning.md). Not for training runs: CPU FSDP is only a correctness harness.
+    CPU with a segfault under torch 2.13). Not for training runs: CPU FSDP is only a correctness harness.
     """
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:

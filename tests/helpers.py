@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -10,6 +12,7 @@ from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
 from mlembed.axes.mrl import MRL
 from mlembed.backbone import BackboneConfig
+from mlembed.cli import main
 from mlembed.losses import ContrastiveLoss
 from mlembed.module import EmbeddingModule
 from mlembed.text import text_hash
@@ -69,3 +72,21 @@ def make_batch(module: EmbeddingModule, queries: Sequence[str] = QUERIES, positi
         batch["negatives"] = tok(negatives)
         batch["num_negatives"] = len(negatives) // len(queries)
     return batch
+
+
+def failure(capsys, argv: list[str]) -> str:
+    """Run ``python -m mlembed ARGV`` in-process, which must fail; the text the user sees (error + stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    except Exception as err:  # any type will do: the message is what the user reads
+        return f"{type(err).__name__}: {err}\n{capsys.readouterr().err}"
+    assert code not in (0, None), f"{argv[:2]} succeeded on bad input"
+    return capsys.readouterr().err
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``directory``."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}

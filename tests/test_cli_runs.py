@@ -123,7 +123,7 @@ def test_demo_config_builds_its_data_and_runs_with_fast_dev_run(tmp_path):
     assert "rank" in comparison and len(comparison.splitlines()) > 1 and "delta_control" in comparison
     assert "| point | starting model | plain fine-tune | 3D-ML |" in (grid / "comparison.md").read_text()
     rows = list(csv.DictReader((grid / "grid.csv").open()))
-    assert {r["rank"] for r in rows} == {"32", "64", "128", "384"} and {r["depth"] for r in rows} == {"1", "2", "4", "6"}
+    assert {r["rank"] for r in rows} == {"32", "64", "128", "384"} and {r["depth"] for r in rows} == {"2", "4", "6"}
     assert {r["task"] for r in rows} == {"lee", "wiki", "sphinx", "bitext", "dialogue"}
 
 

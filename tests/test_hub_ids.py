@@ -24,9 +24,9 @@ from huggingface_hub import constants
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from mlembed.backbone import Backbone, BackboneConfig
-from mlembed.cli import main
 from mlembed.text import load_tokenizer
 from tests.conftest import MINILM_DIR
+from tests.helpers import failure
 from tests.robustness.tiny_run import ROOT, fit_args
 
 REPO = "mlembed-test/all-MiniLM-L6-v2"
@@ -100,20 +100,6 @@ def hub_cache(hub_home, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
-
-
-def failure(capsys, argv: list[str]) -> str:
-    """Run ``python -m mlembed ARGV`` in-process, which must fail; the text the user sees (error + stderr).
-
-    (tests/robustness/test_bad_input.py's helper.)"""
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    except Exception as err:  # any type will do: the message is what the user reads
-        return f"{type(err).__name__}: {err}\n{capsys.readouterr().err}"
-    assert code not in (0, None), f"{argv[:2]} succeeded on bad input"
-    return capsys.readouterr().err
 
 
 def hub_fit_args(shards, root: Path, *extra: str) -> list[str]:

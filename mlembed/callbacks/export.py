@@ -185,7 +185,7 @@ def _gather_checkpoint(trainer: Trainer, pl_module: LightningModule, directory: 
     Every rank writes its shard with ``trainer.save_checkpoint`` (weights only); rank 0 merges a sharded
     (directory) checkpoint's model tensors with ``mlembed.sharded.model_state``. The hyperparameters come from the
     module in memory, not from the checkpoint's metadata file (its dataclasses fail torch's weights-only load).
-    Gathering a full state dict in memory instead crashed FSDP on CPU (NOTES-lightning.md), this path does not.
+    Gathering a full state dict in memory instead crashed FSDP on CPU (a segfault with torch 2.13); this path does not.
     """
     import lightning
     import torch

@@ -3,7 +3,6 @@ flag), and nothing written before is lost (shards, exports, checkpoints)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -13,28 +12,11 @@ import pytest
 
 from mlembed.cli import main
 from mlembed.loading import load_checkpoint
+from tests.helpers import failure, snapshot
 from tests.robustness.tiny_run import FIXTURES, checkpoint_every_step, fit_args
 
 GOOD = json.loads((FIXTURES / "stage1.jsonl").read_text().splitlines()[0])
 ONE_STEP = ["--data.stage1.steps=1", "--data.stage2.steps=1"]
-
-
-def failure(capsys, argv: list[str]) -> str:
-    """Run ``python -m mlembed ARGV`` in-process, which must fail; the text the user sees (error + stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    except Exception as err:  # any type will do: the message is what the user reads
-        return f"{type(err).__name__}: {err}\n{capsys.readouterr().err}"
-    assert code not in (0, None), f"{argv[:2]} succeeded on bad input"
-    return capsys.readouterr().err
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``directory``."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def write_records(path: Path, *lines) -> Path:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mlembed.cli import main, optimizer_steps
+from tests.helpers import failure
 from tests.robustness.callbacks import read_steps
 from tests.robustness.conftest import STEPS
-from tests.robustness.test_bad_input import failure
 from tests.robustness.tiny_run import fit_args, record_steps
 
 CHANGES = {

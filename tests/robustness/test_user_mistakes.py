@@ -4,33 +4,15 @@ an input file that is not UTF-8, an empty input file."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
 from mlembed.cli import main
 from mlembed.data.manifest import MANIFEST_NAME
+from tests.helpers import failure, snapshot
 from tests.robustness.tiny_run import FIXTURES, fit_args
 
 GOOD = (FIXTURES / "stage1.jsonl").read_text().splitlines()[:3]
-
-
-def failure(capsys, argv: list[str]) -> str:
-    """Run ``python -m mlembed ARGV`` in-process, which must fail; the text the user sees (error + stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    except Exception as err:  # any type will do: the message is what the user reads
-        return f"{type(err).__name__}: {err}\n{capsys.readouterr().err}"
-    assert code not in (0, None), f"{argv[:2]} succeeded on bad input"
-    return capsys.readouterr().err
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``directory``."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def shards(source: Path, out: Path, *extra: str) -> list[str]:
