@@ -14,7 +14,6 @@ import dataclasses
 
 from lightning.pytorch import Trainer
 
-from mlembed.losses import ContrastiveLoss
 from mlembed.module import EmbeddingModule
 
 
@@ -79,12 +78,11 @@ def train_control(trainer: Trainer, module: EmbeddingModule) -> tuple[EmbeddingM
 
 
 def _rebuild(module: EmbeddingModule, *, mel, mll, mrl) -> EmbeddingModule:
-    loss = module.loss_fn
-    if loss.distills:  # the control arm is a plain contrastive fine-tune: no teacher of any kind
-        loss = dataclasses.replace(loss, kd_weight=0.0, kd_similarity_weight=0.0, kd_teacher="self")
+    # The control arm is a plain contrastive fine-tune: no teacher of any kind.
+    loss = dataclasses.replace(module.loss_fn, kd_weight=0.0, kd_similarity_weight=0.0, kd_teacher="self")
     return EmbeddingModule(
         module.backbone_config, pooling=copy.deepcopy(module.pooling), mel=mel, mll=mll, mrl=mrl,
-        loss=ContrastiveLoss(**dataclasses.asdict(loss)), optimizer=module.optimizer_config,
+        loss=loss, optimizer=module.optimizer_config,
         instruction_template=module.instruction_template, on_nonfinite=module.on_nonfinite,
         grad_cache=module.grad_cache,
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mlembed.evaluation.readers import DataFormatError, parse_float, parse_text, read_records
 from mlembed.evaluation.retrieval import RetrievalSet
+from mlembed.paths import resolve_path
 
 DEFAULT_LANG = "all"
 """Language of rows that name none (a TSV without the third column)."""
@@ -94,9 +95,9 @@ def read_sphinx_bitext() -> list[dict]:
     """
     import polib
 
-    from mlembed.data.demo import _package_dir, clean, django_pairs, usable
+    from mlembed.data.demo import clean, django_pairs, usable
 
-    paths = sorted((_package_dir("sphinx") / "locale").glob("*/LC_MESSAGES/sphinx.po"))
+    paths = sorted(Path(resolve_path("pkg://sphinx/locale", "--tasks sphinx")).glob("*/LC_MESSAGES/sphinx.po"))
     locales = [path.parts[-3] for path in paths]
     seen_in_django = {text for pairs in django_pairs(locales).values() for pair in pairs for text in pair}
     rows = []
