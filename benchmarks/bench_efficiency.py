@@ -36,7 +36,7 @@ def texts(count: int) -> list[str]:
 
 def embedding_bytes(encoder: Embedder) -> int:
     """Bytes of the token-embedding parameters (the dense matrix, or the two factors)."""
-    embedding = encoder.module.backbone.model.get_input_embeddings()
+    embedding = encoder.encoder.backbone.model.get_input_embeddings()
     return sum(p.numel() * p.element_size() for p in embedding.parameters())
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     module.configure_model()
     module.init_mel_from_svd()
     batch = texts(args.texts)
-    print(f"all-MiniLM-L6-v2, vocab {module.backbone.vocab_size}, hidden {module.backbone.hidden_size}; "
+    print(f"all-MiniLM-L6-v2, vocab {module.encoder.backbone.vocab_size}, hidden {module.encoder.backbone.hidden_size}; "
           f"{len(batch)} texts, max_seq_length 128, median of {args.repeats}, 1 thread\n")
     header = (f"{'rank':>5} | {'emb MiB c/e':>13} {'ratio':>6} | {'dir MiB c/e':>13} {'ratio':>6} | "
               f"{'weights ratio':>13} | {'encode s c/e':>13} {'ratio':>6} | {'max |diff|':>10}")

@@ -43,27 +43,27 @@ class WithLayers:
         self.module = module
 
     def points(self):
-        return self.module.points()
+        return self.module.encoder.points()
 
     def num_parameters(self, **kw) -> int:
-        return self.module.num_parameters(**kw)
+        return self.module.encoder.num_parameters(**kw)
 
     def embed(self, texts, **kw) -> torch.Tensor:
-        return self.module.embed(texts, **kw)
+        return self.module.encoder.embed(texts, **kw)
 
     @torch.no_grad()
     def embed_layers(self, texts, *, rank=None, depths, instruction=None, batch_size=64) -> dict[int, torch.Tensor]:
         m = self.module
         if instruction:
             # Both placeholder names the template has used; str.format ignores the unused one.
-            texts = [m.instruction_template.format(instruction=instruction, query=t, text=t) for t in texts]
+            texts = [m.encoder.instruction_template.format(instruction=instruction, query=t, text=t) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # longest first: little padding
-        out = {d: torch.empty(len(texts), m.backbone.hidden_size) for d in depths}
-        with m.at_rank(rank):
+        out = {d: torch.empty(len(texts), m.encoder.backbone.hidden_size) for d in depths}
+        with m.encoder.at_rank(rank):
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                inputs = {k: v.to(m.device) for k, v in m.text_tokenizer([texts[i] for i in idx]).items()}
-                for depth, vectors in m.pooled(inputs, list(depths)).items():
+                inputs = {k: v.to(m.encoder.backbone.model.device) for k, v in m.encoder.text_tokenizer([texts[i] for i in idx]).items()}
+                for depth, vectors in m.encoder(inputs, list(depths)).items():
                     out[depth][idx] = vectors.float().cpu()
         return out
 

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     module.configure_model()
     module.init_mel_from_svd()
-    per_token = flops_per_token(module.backbone.model, args.seq, config)
+    per_token = flops_per_token(module.encoder.backbone.model, args.seq, config)
     policy = None if args.no_checkpointing else TransformerLayerPolicy()
     kind, extra = (CPUFSDPStrategy, {"process_group_backend": "gloo"}) if smoke else (FSDPStrategy, {})
     strategy = kind(auto_wrap_policy=TransformerLayerPolicy(), activation_checkpointing_policy=policy,

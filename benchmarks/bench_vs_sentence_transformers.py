@@ -66,7 +66,7 @@ def mlembed_loss(two_d: bool, pairs: list[tuple[str, str]], max_len: int) -> tup
     module.configure_model()
     queries, positives = [q for q, _ in pairs], [p for _, p in pairs]
     batch = {
-        "query": module.text_tokenizer(queries), "positive": module.text_tokenizer(positives), "num_negatives": 0,
+        "query": module.encoder.text_tokenizer(queries), "positive": module.encoder.text_tokenizer(positives), "num_negatives": 0,
         "query_hash": torch.tensor([text_hash(t) for t in queries]),
         "positive_hash": torch.tensor([text_hash(t) for t in positives]), "task": "retrieval",
     }

@@ -42,7 +42,7 @@ def make_batch(module, pairs: list[tuple[str, str]]) -> dict:
     """A batch dict in mlembed.batch's format: queries, positives, hashes, in-batch negatives only."""
     queries, positives = [q for q, _ in pairs], [p for _, p in pairs]
     return {
-        "query": module.text_tokenizer(queries), "positive": module.text_tokenizer(positives), "num_negatives": 0,
+        "query": module.encoder.text_tokenizer(queries), "positive": module.encoder.text_tokenizer(positives), "num_negatives": 0,
         "query_hash": torch.tensor([text_hash(t) for t in queries]),
         "positive_hash": torch.tensor([text_hash(t) for t in positives]),
         "task": "retrieval", "source": "lee", "stage": 1, "ids": [str(i) for i in range(len(pairs))],

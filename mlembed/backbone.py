@@ -159,13 +159,6 @@ class Backbone(nn.Module):
         """Rows of the token-embedding matrix."""
         return int(self.hf_config.vocab_size)
 
-    @property
-    def is_decoder_only(self) -> bool:
-        """Whether the architecture is a decoder (pooled on its last token) rather than a masked-LM encoder."""
-        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-        return self.hf_config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
     def layer_list(self) -> nn.ModuleList:
         """The model's list of transformer layers, found by shape rather than by architecture-specific name."""
         self._require_built()

@@ -42,11 +42,24 @@ STAGE_OBJECTIVE = ("num_negatives", "instructions", "templates")
 ALLOW_CHANGE = "allow_objective_change"
 
 
+def _tokenizer_of(model):
+    """The tokenizer the data pipeline must use: the encoder's own (one tokenization for training and serving)."""
+    return model.encoder.text_tokenizer
+
+
+def _template_of(model):
+    """The instruction template the data must use: the one the trained model serves with."""
+    return model.encoder.instruction_template
+
+
 class MLEmbedCLI(LightningCLI):
-    """LightningCLI with mlembed's links: the data pipeline tokenizes with the model's tokenizer."""
+    """LightningCLI with mlembed's links: the data pipeline tokenizes with the model's tokenizer and puts
+    instructions before queries with the model's template."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.text_tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
+        parser.link_arguments("model", "data.init_args.tokenizer", compute_fn=_tokenizer_of, apply_on="instantiate")
+        parser.link_arguments("model", "data.init_args.instruction_template", compute_fn=_template_of,
+                              apply_on="instantiate")
         parser.add_argument(f"--{ALLOW_CHANGE}", type=bool, default=False,
                             help="Resume --ckpt_path although the loss settings (MRL dims and weights, MLL layers, "
                                  "MEL ranks, loss, negatives, instructions) differ from the checkpoint's.")

@@ -20,30 +20,27 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from mlembed.artifact import (
+    FACTORIZED_WEIGHTS,
+    MODES,
+    ST_POOLING,
+    ExportManifest,
+    Point,
+    check_exportable,
+)
 from mlembed.axes.mel import FactorizedEmbedding
-from mlembed.module import EmbeddingModule
-from mlembed.pooling import ClsPooling, LastTokenPooling, MeanPooling
+from mlembed.encoder import Encoder
+from mlembed.loading import load_checkpoint
+from mlembed.paths import staged_directory
 
-MANIFEST = "mlembed.json"
-"""The file that marks a directory as an mlembed export and records its point."""
-FACTORIZED_WEIGHTS = "model.factorized.safetensors"
-"""Efficiency-mode weights: the backbone with its token embedding as MEL factors. Not named model.safetensors on
-purpose: a plain ``AutoModel.from_pretrained`` must fail on it rather than silently use a random embedding."""
-MODES = ("compat", "efficiency")
-
-#: sentence-transformers' name of each pooling mlembed can export.
-ST_POOLING = {LastTokenPooling: "lasttoken", MeanPooling: "mean", ClsPooling: "cls"}
 #: The legacy (sentence-transformers 2.x - 6.x) pooling-config key of each mode.
 ST_POOLING_KEYS = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens",
                    "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "lasttoken": "lasttoken"}
@@ -51,60 +48,9 @@ ST_POOLING_KEYS = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens
 PROBES = ("Hello world", "Où est la gare ?", "a " * 600)
 
 
-@dataclass
-class Manifest:
-    """What ``mlembed.json`` records: the exported point and how texts become vectors."""
-
-    mode: str
-    rank: int | None
-    """MEL rank of the token embedding (None: the model was trained without MEL)."""
-    depth: int
-    dim: int
-    hidden_size: int
-    pooling: str
-    """Dotted path of the mlembed pooling class."""
-    instruction_template: str
-    max_seq_length: int
-    append_eos: bool
-    """Whether the texts end with EOS (last-token pooling); the exported tokenizer appends it by itself."""
-    eos_in_tokenizer: bool
-    """True when the saved tokenizer's post-processor appends the EOS (so loaders must not add another)."""
-    ranks: list[int] = field(default_factory=list)
-    """Trained MEL ranks up to ``rank`` (the efficiency export serves all of them)."""
-    depths: list[int] = field(default_factory=list)
-    """Trained MLL depths up to ``depth``."""
-    dims: list[int] = field(default_factory=list)
-    """Trained MRL dims up to ``dim``."""
-    format_version: int = 1
-
-    def write(self, directory: Path) -> None:
-        """Write ``mlembed.json`` into ``directory``."""
-        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def read(cls, directory: Path) -> Manifest:
-        """Read ``mlembed.json`` of an export, naming the path when it is missing or unreadable."""
-        path = Path(directory) / MANIFEST
-        try:
-            return cls(**json.loads(path.read_text()))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{directory} is not an mlembed export: {path} is missing") from err
-        except (json.JSONDecodeError, TypeError) as err:
-            raise ValueError(f"{path} is not a valid mlembed export manifest: {err}") from err
-
-
-@dataclass(frozen=True)
-class Point:
-    """A resolved (rank, depth, dim) point; rank is None when MEL is off."""
-
-    rank: int | None
-    depth: int
-    dim: int
-
-
 # -- public API -------------------------------------------------------------------------------------
 def export(
-    source: EmbeddingModule | str | os.PathLike,
+    source: Encoder | str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     mode: str = "compat",
@@ -113,10 +59,11 @@ def export(
     dim: int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Export ``source`` (a module or a Lightning checkpoint path) at (rank, depth, dim) into ``out_dir``.
+    """Export ``source`` at (rank, depth, dim) into ``out_dir``.
 
     Args:
-        source: a trained EmbeddingModule, or the path of its Lightning checkpoint.
+        source: a trained Encoder (an EmbeddingModule's ``encoder``; the module itself is accepted too), or
+            the path of a Lightning checkpoint.
         out_dir: the export directory; it must not exist or be empty unless ``overwrite``.
         mode: ``compat`` (dense Hugging Face + sentence-transformers directory) or ``efficiency`` (MEL factors).
         rank: MEL rank k (default: the trained maximum; must be None when MEL is off).
@@ -131,79 +78,51 @@ def export(
         raise ValueError(f"--mode {mode!r} must be one of {MODES}")
     out = Path(out_dir)
     _check_target(out, overwrite)
-    module = source if isinstance(source, EmbeddingModule) else _load_module(source)
-    module.configure_model()
-    point = resolve_point(module, rank=rank, depth=depth, dim=dim)
-    if mode == "efficiency" and point.rank is None:
-        raise ValueError("--mode efficiency needs MEL factors, but the model was trained with MEL off: use --mode compat")
-    if mode == "compat":
-        _pooling_mode(module)  # fail before writing anything when sentence-transformers cannot express it
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export gets the usual permissions
-        _write_export(module, point, mode, staging)
-        _replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    encoder = _encoder_of(source)
+    point = check_exportable(encoder.shape(), (mode,), rank=rank, depth=depth, dim=dim)
+    with staged_directory(out) as staging:
+        _write_export(encoder, point, mode, staging)
     return out
 
 
-def resolve_point(module: EmbeddingModule, *, rank: int | None, depth: int | None, dim: int | None) -> Point:
-    """Fill in defaults (full rank, depth, width) and check each value against the model, naming its flag."""
-    factors = module.factorized_embedding
-    if factors is None and rank is not None:
-        raise ValueError(f"--rank {rank} given, but the model was trained with MEL off (no factors): leave --rank out")
-    if factors is not None:
-        rank = factors.max_rank if rank is None else rank
-        if not 1 <= rank <= factors.max_rank:
-            raise ValueError(f"--rank {rank} is outside [1, {factors.max_rank}] (the trained maximum rank)")
-    full_depth, hidden = module.backbone.depth, module.backbone.hidden_size
-    depth = full_depth if depth is None else depth
-    if not 1 <= depth <= full_depth:
-        raise ValueError(f"--depth {depth} is outside [1, {full_depth}] (the model's number of layers)")
-    dim = hidden if dim is None else dim
-    if not 1 <= dim <= hidden:
-        raise ValueError(f"--dim {dim} is outside [1, {hidden}] (the model's hidden size)")
-    return Point(rank, depth, dim)
+def _encoder_of(source) -> Encoder:
+    if isinstance(source, Encoder):
+        return source.build()
+    if isinstance(getattr(source, "encoder", None), Encoder):  # an EmbeddingModule
+        source.configure_model()
+        return source.encoder
+    return load_checkpoint(source)
 
 
 @contextlib.contextmanager
-def deployable(module: EmbeddingModule, point: Point, *, dense: bool) -> Iterator[nn.Module]:
-    """The module's Hugging Face model as deployed at ``point``, without copying any layer.
+def deployable(encoder: Encoder, point: Point, *, dense: bool) -> Iterator[nn.Module]:
+    """The encoder's Hugging Face model as deployed at ``point``, without copying any layer.
 
-    Inside the context the model has ``point.depth`` layers (config included) and a token embedding at
-    ``point.rank``: a dense ``nn.Embedding`` (``dense``) or factors truncated to the rank. Everything is
-    restored on exit, so the module keeps training or evaluating as before.
+    Inside the context the model has ``point.depth`` layers (its config, per-layer lists included, says so:
+    ``Backbone.truncated``) and a token embedding at ``point.rank``: a dense ``nn.Embedding`` (``dense``) or
+    factors truncated to the rank. Everything is restored on exit, so training or evaluation goes on as before.
     """
-    model, backbone = module.backbone.model, module.backbone
+    model = encoder.backbone.model
     original = model.get_input_embeddings()
-    layer_types = getattr(model.config, "layer_types", None)
-    with backbone.truncated(point.depth):
+    with encoder.backbone.truncated(point.depth):
         try:
-            # Per-layer config lists must match num_hidden_layers, or transformers rejects the saved config.
-            if isinstance(layer_types, list):
-                model.config.layer_types = layer_types[: point.depth]
             model.set_input_embeddings(_embedding_at(original, point.rank, dense))
             yield model
         finally:
             model.set_input_embeddings(original)
-            if isinstance(layer_types, list):
-                model.config.layer_types = layer_types
 
 
 # -- pieces of an export ----------------------------------------------------------------------------
-def _write_export(module: EmbeddingModule, point: Point, mode: str, directory: Path) -> None:
+def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path) -> None:
     """Every file of the export: weights and config, tokenizer, (compat) sentence-transformers files, manifest."""
-    with deployable(module, point, dense=mode == "compat") as model:
+    with deployable(encoder, point, dense=mode == "compat") as model:
         if mode == "compat":
             model.save_pretrained(directory)
-            _write_sentence_transformers(module, point, directory)
+            _write_sentence_transformers(encoder, point, directory)
         else:
             _write_factorized(model, directory)
-    eos_in_tokenizer = _write_tokenizer(module, directory)
-    _manifest(module, point, mode, eos_in_tokenizer).write(directory)
+    eos_in_tokenizer = _write_tokenizer(encoder, directory)
+    _manifest(encoder, point, mode, eos_in_tokenizer).write(directory)
 
 
 @torch.no_grad()
@@ -223,14 +142,12 @@ def _embedding_at(embedding: nn.Module, rank: int | None, dense: bool) -> nn.Mod
 
 def _write_factorized(model: nn.Module, directory: Path) -> None:
     """Efficiency mode: the config and every weight, the token embedding as its factors A and B."""
-
-
     model.config.save_pretrained(directory)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(directory / FACTORIZED_WEIGHTS), metadata={"format": "pt", "mlembed": "factorized"})
 
 
-def _write_tokenizer(module: EmbeddingModule, directory: Path) -> bool:
+def _write_tokenizer(encoder: Encoder, directory: Path) -> bool:
     """Save the tokenizer so that it alone yields mlembed's token ids; returns whether it appends the EOS.
 
     mlembed appends the EOS itself for last-token pooling; sentence-transformers and plain transformers only
@@ -239,7 +156,7 @@ def _write_tokenizer(module: EmbeddingModule, directory: Path) -> bool:
     """
     from mlembed.text import load_tokenizer
 
-    text_tokenizer = module.text_tokenizer
+    text_tokenizer = encoder.text_tokenizer
     tok = load_tokenizer(text_tokenizer.path)  # a fresh copy: the module's own tokenizer stays as it is
     tok.padding_side = "right"  # positions of right-padded rows match mlembed's (it right-pads)
     tok.model_max_length = text_tokenizer.max_seq_length
@@ -269,17 +186,7 @@ def _append_eos_in_post_processor(tok, path: str) -> None:
     backend.post_processor = appender if existing is None else processors.Sequence([existing, appender])
 
 
-def _pooling_mode(module: EmbeddingModule) -> str:
-    mode = ST_POOLING.get(type(module.pooling))
-    if mode is None:
-        raise ValueError(
-            f"--mode compat: pooling {type(module.pooling).__name__} has no sentence-transformers equivalent "
-            "(supported: LastTokenPooling, MeanPooling, ClsPooling); use --mode efficiency"
-        )
-    return mode
-
-
-def _write_sentence_transformers(module: EmbeddingModule, point: Point, directory: Path) -> None:
+def _write_sentence_transformers(encoder: Encoder, point: Point, directory: Path) -> None:
     """The sentence-transformers layout: Transformer (root) -> Pooling [-> Dense] -> Normalize.
 
     The module-type names and files are the long-standing ones that sentence-transformers 2.x to 6.x all read.
@@ -289,18 +196,18 @@ def _write_sentence_transformers(module: EmbeddingModule, point: Point, director
     ``normalize_embeddings=True`` to be unit length again; ``truncate_dim`` is still written, for tools that read
     the width from it.)
     """
-    hidden = module.backbone.hidden_size
+    hidden = encoder.backbone.hidden_size
     names = ["Pooling"] + (["Dense"] if point.dim < hidden else []) + ["Normalize"]
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     modules += [{"idx": i, "name": str(i), "path": f"{i}_{name}", "type": f"sentence_transformers.models.{name}"}
                 for i, name in enumerate(names, start=1)]
-    mode = _pooling_mode(module)
+    mode = ST_POOLING[type(encoder.pooling).__name__]  # check_exportable refused any other pooling
     pooling = {"word_embedding_dimension": hidden}
     pooling |= {f"pooling_mode_{key}": name == mode for name, key in ST_POOLING_KEYS.items()}
     config = {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None}
     files = {
         "modules.json": modules,
-        "sentence_bert_config.json": {"max_seq_length": module.text_tokenizer.max_seq_length, "do_lower_case": False},
+        "sentence_bert_config.json": {"max_seq_length": encoder.text_tokenizer.max_seq_length, "do_lower_case": False},
         "config_sentence_transformers.json": config,
         "1_Pooling/config.json": pooling,
         f"{len(names)}_Normalize/config.json": {},
@@ -314,26 +221,24 @@ def _write_sentence_transformers(module: EmbeddingModule, point: Point, director
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content, indent=2) + "\n")
     if point.dim < hidden:
-
-
         keep = {"linear.weight": torch.eye(point.dim, hidden)}  # [dim, hidden]: the first dim features
         save_file(keep, str(directory / "2_Dense" / "model.safetensors"))
         torch.save(keep, directory / "2_Dense" / "pytorch_model.bin")  # for releases that predate safetensors
 
 
-def _manifest(module: EmbeddingModule, point: Point, mode: str, eos_in_tokenizer: bool) -> Manifest:
-    trained = module.points()
-    pooling = type(module.pooling)
-    return Manifest(
+def _manifest(encoder: Encoder, point: Point, mode: str, eos_in_tokenizer: bool) -> ExportManifest:
+    trained = encoder.points()
+    pooling = type(encoder.pooling)
+    return ExportManifest(
         mode=mode,
         rank=point.rank,
         depth=point.depth,
         dim=point.dim,
-        hidden_size=module.backbone.hidden_size,
+        hidden_size=encoder.backbone.hidden_size,
         pooling=f"{pooling.__module__}.{pooling.__qualname__}",
-        instruction_template=module.instruction_template,
-        max_seq_length=module.text_tokenizer.max_seq_length,
-        append_eos=module.text_tokenizer.append_eos,
+        instruction_template=encoder.instruction_template,
+        max_seq_length=encoder.text_tokenizer.max_seq_length,
+        append_eos=encoder.text_tokenizer.append_eos,
         eos_in_tokenizer=eos_in_tokenizer,
         ranks=[r for r in trained.ranks if r is not None and r <= (point.rank or 0)],
         depths=[d for d in trained.depths if d <= point.depth],
@@ -347,34 +252,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"--out {out} exists and is not empty: pass --overwrite to replace it")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Move the finished export into place; an existing ``out`` is set aside first and removed last."""
-    aside = None
-    if out.exists():
-        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(aside)
-    try:
-        staging.rename(out)
-    except BaseException:
-        if aside is not None:
-            aside.rename(out)
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-def _load_module(path: str | os.PathLike) -> EmbeddingModule:
-    from mlembed.loading import load_checkpoint
-
-    return load_checkpoint(path)
 
 
 def directory_bytes(directory: str | os.PathLike) -> int:
@@ -406,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"mlembed export: error: {err}", file=sys.stderr)
         return 2
-    manifest = Manifest.read(out)
+    manifest = ExportManifest.read(out)
     print(f"exported {args.mode} model (rank={manifest.rank}, depth={manifest.depth}, dim={manifest.dim}) to {out} "
           f"({directory_bytes(out) / 2**20:.1f} MiB)")
     return 0

@@ -165,3 +165,47 @@ class CachedStep:
             start = offsets[chunk.side]
             chunk.grads = {layer: g[start : start + rows] for layer, g in per_side[chunk.side].items()}
             offsets[chunk.side] += rows
+
+
+# -- the Lightning side: how a LightningModule under manual optimization runs a cached step ------------------
+def fsdp_root(module) -> torch.nn.Module | None:
+    """The FSDP unit wrapping ``module`` during fit, or None (one device, DDP, or no trainer)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    trainer = getattr(module, "_trainer", None)
+    model = trainer.model if trainer is not None else None
+    return model if isinstance(model, FullyShardedDataParallel) else None
+
+
+def chunk_embedder(module, layers: Sequence[int]) -> Embed:
+    """How gradient caching embeds one chunk of ``module``'s batch: ``inputs -> {layer: [rows, H]}``.
+
+    Under FSDP every chunk goes through the root unit's forward (the module's ``forward``): the backward of one
+    chunk reshards the root-level parameters (embeddings, MEL factors, final norm), and only the root's forward
+    gathers them again. Each chunk is then an ordinary FSDP forward/backward pair, as in accumulation.
+    """
+    runner = fsdp_root(module) or module
+    return lambda inputs: runner(inputs, layers)
+
+
+def apply_cached_update(module, cached: CachedStep, gradient_clip_val: float | None) -> None:
+    """The cached backward, then what automatic optimization would do: clip, step, schedule.
+
+    Args:
+        module: the LightningModule (manual optimization) whose optimizer and scheduler step.
+        cached: the step whose ``loss()`` was computed.
+        gradient_clip_val: clip the gradient norm to this (None: no clipping).
+    """
+    optimizer = module.optimizers()
+    optimizer.zero_grad()
+    # FSDP reduce-scatters each chunk's gradient into the shards (its no_sync needs an idle root, and would
+    # keep whole unsharded gradients); DDP all-reduces once, after the last chunk.
+    strategy = module.trainer.strategy
+    no_sync = contextlib.nullcontext if fsdp_root(module) is not None else getattr(
+        strategy, "block_backward_sync", contextlib.nullcontext)
+    cached.backward(module.manual_backward, no_sync)
+    module.configure_gradient_clipping(optimizer, gradient_clip_val, "norm")
+    optimizer.step()
+    scheduler = module.lr_schedulers()
+    if scheduler is not None:
+        scheduler.step()

@@ -3,27 +3,32 @@
 Loading lives in ``mlembed/loading.py``, not ``load.py``: a submodule named ``load`` would replace the function
 ``mlembed.load`` with itself the first time anything imported it.
 
-Every source becomes an ``EmbeddingModule`` (so there is one encoding code path: same tokenization, pooling
-and depth truncation as in training), wrapped in an ``Embedder`` that serves one (rank, depth, dim) point by
-default and implements the ``mlembed.encoder.Encoder`` protocol for evaluation.
+Every source becomes an :class:`~mlembed.encoder.Encoder` (so there is one encoding code path: same tokenization,
+pooling and depth truncation as in training), wrapped in an ``Embedder`` that serves one (rank, depth, dim) point
+by default and implements the ``mlembed.encoder.PointEncoder`` protocol for evaluation. Nothing here imports
+Lightning: a checkpoint's hyperparameters (dataclasses from ``Trainer.fit``, plain dicts from LightningCLI) are
+read directly.
 """
 
 from __future__ import annotations
 
-import io
+import importlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
-from mlembed.encoder import MatryoshkaPoints, truncate_normalize
-from mlembed.module import EmbeddingModule
+from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest, PointGrid, resolve_point
+from mlembed.axes.mel import MEL
+from mlembed.axes.mll import MLL
+from mlembed.axes.mrl import MRL
+from mlembed.backbone import BackboneConfig
+from mlembed.encoder import Encoder, encoder_state_keys, trained_grid, truncate_normalize
+from mlembed.pooling import Pooling
 from mlembed.sharded import consolidate, is_sharded_checkpoint
-
-if TYPE_CHECKING:
-    from mlembed.export import Manifest
+from mlembed.text import DEFAULT_TEMPLATE, TextTokenizer
 
 
 class Embedder:
@@ -34,15 +39,15 @@ class Embedder:
     a compat export: every depth below, its one rank).
 
     Args:
-        module: the EmbeddingModule doing the work (built and in eval mode).
+        encoder: the Encoder doing the work (built and in eval mode).
         rank: the default MEL rank (None: MEL off).
         depth: the default depth.
         dim: the default embedding size of ``encode``.
     """
 
-    def __init__(self, module: EmbeddingModule, *, rank: int | None, depth: int, dim: int) -> None:
-        self.module, self.rank, self.depth, self.dim = module, rank, depth, dim
-        self.module.eval()
+    def __init__(self, encoder: Encoder, *, rank: int | None, depth: int, dim: int) -> None:
+        self.encoder, self.rank, self.depth, self.dim = encoder, rank, depth, dim
+        self.encoder.eval()
 
     def __repr__(self) -> str:
         return f"Embedder(rank={self.rank}, depth={self.depth}, dim={self.dim})"
@@ -50,16 +55,16 @@ class Embedder:
     @property
     def dense(self) -> bool:
         """Whether the token embedding is an ordinary matrix (compat export or MEL off), not factors."""
-        return self.module.factorized_embedding is None
+        return self.encoder.factorized_embedding is None
 
-    def points(self) -> MatryoshkaPoints:
+    def points(self) -> PointGrid:
         """The trained (rank, depth, dim) values this object can serve (none above its own point)."""
-        trained = self.module.points()
+        trained = self.encoder.points()
         if self.dense:
             ranks = (self.rank,)
         else:
             ranks = tuple(r for r in trained.ranks if r <= self.rank) or (self.rank,)
-        return MatryoshkaPoints(
+        return PointGrid(
             ranks=ranks,
             depths=tuple(d for d in trained.depths if d <= self.depth) or (self.depth,),
             dims=tuple(d for d in trained.dims if d <= self.dim) or (self.dim,),
@@ -74,9 +79,9 @@ class Embedder:
         instruction: str | None = None,
         batch_size: int = 64,
     ) -> torch.Tensor:
-        """Pooled embeddings [N, hidden], not normalised (the Encoder protocol)."""
-        return self.module.embed(
-            texts, rank=self._module_rank(rank), depth=self._depth(depth), instruction=instruction,
+        """Pooled embeddings [N, hidden], not normalised (the PointEncoder protocol)."""
+        return self.encoder.embed(
+            texts, rank=self._encoder_rank(rank), depth=self._depth(depth), instruction=instruction,
             batch_size=batch_size,
         )
 
@@ -90,8 +95,8 @@ class Embedder:
         batch_size: int = 64,
     ) -> dict[int, torch.Tensor]:
         """``{depth: embed(texts, rank=rank, depth=depth)}`` from one forward pass (the grid's fast path)."""
-        return self.module.embed_layers(
-            texts, rank=self._module_rank(rank), depths=[self._depth(d) for d in depths], instruction=instruction,
+        return self.encoder.embed_layers(
+            texts, rank=self._encoder_rank(rank), depths=[self._depth(d) for d in depths], instruction=instruction,
             batch_size=batch_size,
         )
 
@@ -102,9 +107,9 @@ class Embedder:
 
     def num_parameters(self, *, rank: int | None = None, depth: int | None = None) -> int:
         """Parameters of the deployed model at (rank, depth) (the dense matrix when this object is dense)."""
-        return self.module.num_parameters(rank=self._module_rank(rank), depth=self._depth(depth))
+        return self.encoder.num_parameters(rank=self._encoder_rank(rank), depth=self._depth(depth))
 
-    def _module_rank(self, rank: int | None) -> int | None:
+    def _encoder_rank(self, rank: int | None) -> int | None:
         if rank is None or rank == self.rank:
             return None if self.dense else self.rank
         if self.dense:
@@ -131,7 +136,7 @@ def load(
     """Load an encoder from a Lightning checkpoint or an export directory (compat or efficiency).
 
     Args:
-        source: a ``.ckpt`` file, or a directory written by ``mlembed export``.
+        source: a ``.ckpt`` file (or a sharded checkpoint directory), or a directory written by ``mlembed export``.
         rank: MEL rank (default: the checkpoint's maximum, or the export's rank).
         depth: number of layers (default: all the source has).
         dim: embedding size of ``encode`` (default: the checkpoint's hidden size, or the export's dim).
@@ -140,32 +145,29 @@ def load(
     Returns:
         An Embedder; ``encode(texts)`` gives L2-normalised [N, dim] vectors.
     """
-    from mlembed.export import resolve_point
-
     path = Path(source)
     if not path.is_dir() or is_sharded_checkpoint(path):
-        module = load_checkpoint(path).to(device)
-        point = resolve_point(module, rank=rank, depth=depth, dim=dim)
-        return Embedder(module, rank=point.rank, depth=point.depth, dim=point.dim)
-    module, manifest = load_export(path)
-    module.to(device)
+        encoder = load_checkpoint(path).to(device)
+        point = resolve_point(encoder.shape(), rank=rank, depth=depth, dim=dim)
+        return Embedder(encoder, rank=point.rank, depth=point.depth, dim=point.dim)
+    encoder, manifest = load_export(path)
+    encoder.to(device)
     dim = manifest.dim if dim is None else dim
-    if module.factorized_embedding is not None:
-        point = resolve_point(module, rank=rank, depth=depth, dim=dim)
-        return Embedder(module, rank=point.rank, depth=point.depth, dim=point.dim)
+    if encoder.factorized_embedding is not None:
+        point = resolve_point(encoder.shape(), rank=rank, depth=depth, dim=dim)
+        return Embedder(encoder, rank=point.rank, depth=point.depth, dim=point.dim)
     # A compat export: its one (dense) rank is the exported one.
     if rank is not None and rank != manifest.rank:
         raise ValueError(f"rank {rank} asked for, but {path} is a compat export, dense at rank {manifest.rank}")
-    point = resolve_point(module, rank=None, depth=depth, dim=dim)
-    return Embedder(module, rank=manifest.rank, depth=point.depth, dim=point.dim)
+    point = resolve_point(encoder.shape(), rank=None, depth=depth, dim=dim)
+    return Embedder(encoder, rank=manifest.rank, depth=point.depth, dim=point.dim)
 
 
-def load_checkpoint(path: str | os.PathLike) -> EmbeddingModule:
-    """Restore an EmbeddingModule from a Lightning checkpoint (plain ``Trainer.fit`` or LightningCLI).
+def load_checkpoint(path: str | os.PathLike) -> Encoder:
+    """The trained Encoder of a Lightning checkpoint (plain ``Trainer.fit`` or LightningCLI), without Lightning.
 
-    Lightning rebuilds the module from the saved hyperparameters: dataclass objects for ``Trainer.fit``,
-    jsonargparse through the checkpoint's instantiator for LightningCLI. ``path`` is a checkpoint file or the
-    directory of a sharded (FSDP) checkpoint, whose model shards are merged in memory.
+    ``path`` is a checkpoint file or the directory of a sharded (FSDP) checkpoint, whose model shards are merged
+    in memory. Checkpoints of the layout before the encoder split (state keys ``backbone.*``) load too.
     """
     path = Path(path)
     if path.is_dir() and not is_sharded_checkpoint(path):
@@ -173,83 +175,78 @@ def load_checkpoint(path: str | os.PathLike) -> EmbeddingModule:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        source = _merged(path) if path.is_dir() else path
-        module = EmbeddingModule.load_from_checkpoint(source, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch.load and Lightning raise many kinds; all mean the file is unusable
+        checkpoint = consolidate(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=False)
+        encoder = encoder_from_hparams(checkpoint["hyper_parameters"])
+        encoder.load_state_dict(encoder_state_keys(checkpoint["state_dict"], prefix=""), strict=True)
+    except Exception as err:  # torch.load and the settings raise many kinds; all mean the file is unusable
         raise ValueError(f"checkpoint {path} could not be read as an mlembed EmbeddingModule: {err}") from err
-    factors = module.factorized_embedding
+    factors = encoder.factorized_embedding
     if factors is not None:
         if not bool(factors.initialized):
             raise ValueError(f"checkpoint {path} holds MEL factors that were never initialised")
-        factors.source_weight = None  # the random matrix built before restoring; the factors replace it
-    return module.eval()
+        factors.source_weight = None  # the matrix built before restoring; the factors replace it
+    return encoder.eval()
 
 
-def _merged(directory: Path) -> io.BytesIO:
-    """The sharded checkpoint ``directory`` as the bytes of a one-file checkpoint (what Lightning loads)."""
-    buffer = io.BytesIO()
-    torch.save(consolidate(directory), buffer)
-    buffer.seek(0)
-    return buffer
+def encoder_from_hparams(hparams: dict[str, Any]) -> Encoder:
+    """The (built, untrained) Encoder and trained grid that an EmbeddingModule's saved settings describe."""
+    backbone = _settings(hparams["backbone"], BackboneConfig)
+    mel = _settings(hparams.get("mel"), MEL)
+    encoder = Encoder(backbone, _pooling(hparams.get("pooling")), max_rank=mel.rank if mel.enabled else None,
+                      instruction_template=hparams.get("instruction_template") or DEFAULT_TEMPLATE).build()
+    encoder.grid = trained_grid(mel, _settings(hparams.get("mll"), MLL), _settings(hparams.get("mrl"), MRL),
+                                encoder.backbone)
+    return encoder
 
 
-def load_export(directory: str | os.PathLike) -> tuple[EmbeddingModule, Manifest]:
-    """Rebuild an EmbeddingModule from an ``mlembed export`` directory; returns it and the export's Manifest."""
-    from mlembed.export import Manifest
+def _settings(value: Any, cls: type) -> Any:
+    """A settings dataclass from what a checkpoint holds: the object itself, its fields as a dict, or None."""
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls(**value)
+    return value
 
+
+def _pooling(value: Any) -> Pooling | None:
+    """The pooling of a checkpoint: a Pooling object, LightningCLI's ``{class_path, init_args}``, or None."""
+    if value is None or isinstance(value, Pooling):
+        return value
+    module_name, _, class_name = value["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)(**(value.get("init_args") or {}))
+
+
+def load_export(directory: str | os.PathLike) -> tuple[Encoder, ExportManifest]:
+    """Rebuild the Encoder of an ``mlembed export`` directory; returns it and the export's manifest."""
     directory = Path(directory)
-    manifest = Manifest.read(directory)
+    manifest = ExportManifest.read(directory)
     if manifest.mode == "compat":
-        module = _compat_module(directory, manifest)
+        backbone = BackboneConfig(pretrained=str(directory), max_seq_length=manifest.max_seq_length)
+        encoder = _export_encoder(backbone, manifest, max_rank=None)
     elif manifest.mode == "efficiency":
-        module = _efficiency_module(directory, manifest)
+        encoder = _efficiency_encoder(directory, manifest)
     else:
         raise ValueError(f"{directory}: unknown export mode {manifest.mode!r} in its manifest")
     if manifest.eos_in_tokenizer:
-        from mlembed.text import TextTokenizer
-
         # The exported tokenizer appends the EOS itself; mlembed must not append a second one.
-        module.text_tokenizer = TextTokenizer(str(directory), manifest.max_seq_length, append_eos=False)
-    return module.eval(), manifest
+        encoder.text_tokenizer = TextTokenizer(str(directory), manifest.max_seq_length, append_eos=False)
+    return encoder.eval(), manifest
 
 
-def _module_for(backbone, manifest: Manifest, *, mel_rank: int | None) -> EmbeddingModule:
-    """An EmbeddingModule whose axes hold the export's trained points (so ``points()`` reports them)."""
-    import importlib
-
-    from mlembed.axes.mel import MEL
-    from mlembed.axes.mll import MLL
-    from mlembed.axes.mrl import MRL
-
-    module_name, _, class_name = manifest.pooling.rpartition(".")
-    pooling = getattr(importlib.import_module(module_name), class_name)()
-    mel = MEL(enabled=False) if mel_rank is None else MEL(rank=mel_rank, ranks=manifest.ranks or [mel_rank])
-    module = EmbeddingModule(
-        backbone,
-        pooling=pooling,
-        mel=mel,
-        mll=MLL(layers=manifest.depths or [manifest.depth]),
-        mrl=MRL(dims=manifest.dims or [manifest.hidden_size]),
-        instruction_template=manifest.instruction_template,
-    )
-    return module
+def _export_encoder(backbone: BackboneConfig, manifest: ExportManifest, *, max_rank: int | None) -> Encoder:
+    """A built Encoder for an export, reporting the export's trained points."""
+    pooling = _pooling({"class_path": manifest.pooling})
+    encoder = Encoder(backbone, pooling, max_rank=max_rank, instruction_template=manifest.instruction_template)
+    encoder.build()
+    grid = manifest.grid
+    encoder.grid = PointGrid(ranks=grid.ranks if max_rank is not None else (None,), depths=grid.depths,
+                             dims=grid.dims)
+    return encoder
 
 
-def _compat_module(directory: Path, manifest: Manifest) -> EmbeddingModule:
-    from mlembed.backbone import BackboneConfig
-
-    backbone = BackboneConfig(pretrained=str(directory), max_seq_length=manifest.max_seq_length)
-    module = _module_for(backbone, manifest, mel_rank=None)
-    module.configure_model()
-    return module
-
-
-def _efficiency_module(directory: Path, manifest: Manifest) -> EmbeddingModule:
+def _efficiency_encoder(directory: Path, manifest: ExportManifest) -> Encoder:
     from safetensors.torch import load_file
     from transformers import AutoConfig
-
-    from mlembed.backbone import BackboneConfig
-    from mlembed.export import FACTORIZED_WEIGHTS
 
     weights = directory / FACTORIZED_WEIGHTS
     if not weights.is_file():
@@ -260,12 +257,11 @@ def _efficiency_module(directory: Path, manifest: Manifest) -> EmbeddingModule:
     dtype = str(getattr(hf_config, "dtype", None) or "float32").removeprefix("torch.")
     backbone = BackboneConfig(config=options, tokenizer=str(directory), max_seq_length=manifest.max_seq_length,
                               dtype=dtype)
-    module = _module_for(backbone, manifest, mel_rank=manifest.rank)
-    module.configure_model()  # random weights, all replaced below
-    model = module.backbone.model
+    encoder = _export_encoder(backbone, manifest, max_rank=manifest.rank)  # random weights, all replaced below
+    model = encoder.backbone.model
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as err:
         raise ValueError(f"{weights} does not match the model described by {directory / 'config.json'}: {err}") from err
-    module.factorized_embedding.source_weight = None
-    return module
+    encoder.factorized_embedding.source_weight = None
+    return encoder

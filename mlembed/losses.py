@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 GatherMode = Literal["none", "local", "all"]
-#: ``gather(x, mode) -> [world * B, ...]``: this rank's rows sit at ``rank * B``; ``mode`` picks the gradient.
+#: ``gather(x, mode) -> [world * B, ...]``: this process's rows sit at ``process_index * B``; ``mode`` picks the gradient.
 Gather = Callable[[torch.Tensor, str], torch.Tensor]
 
 
@@ -79,7 +79,7 @@ class ContrastiveLoss:
         positive_hash: torch.Tensor,
         use_in_batch: bool,
         gather: Gather = gather_single_process,
-        rank: int = 0,
+        process_index: int = 0,
         teacher: tuple[torch.Tensor, ...] | None = None,
         dim: int | None = None,
     ) -> dict[str, torch.Tensor]:
@@ -90,13 +90,13 @@ class ContrastiveLoss:
             query_hash, positive_hash: [B] text hashes (false-negative masking across devices).
             use_in_batch: the batch's task type allows in-batch negatives.
             gather: collects a tensor from all devices (see :data:`Gather`).
-            rank: this device's index in the gathered rows.
+            process_index: this device's index in the gathered rows.
             teacher: normalised teacher vectors for (query[, positive]) at this width, for distillation.
             dim: the width, unused here but passed by MRL for losses that want it.
         """
         terms: dict[str, torch.Tensor] = {}
         if self.in_batch and use_in_batch:
-            terms["in_batch"] = self.in_batch_loss(query, positive, query_hash, positive_hash, gather, rank)
+            terms["in_batch"] = self.in_batch_loss(query, positive, query_hash, positive_hash, gather, process_index)
         if self.hard_negatives and negatives is not None and negatives.shape[1] > 0:
             terms["hard"] = self.hard_negative_loss(query, positive, negatives)
         if not terms and (self.in_batch or self.hard_negatives):
@@ -124,13 +124,13 @@ class ContrastiveLoss:
         query_hash: torch.Tensor,
         positive_hash: torch.Tensor,
         gather: Gather,
-        rank: int,
+        process_index: int,
     ) -> torch.Tensor:
-        """Queries [B, D] against the positives of all devices [W*B, D]; row i's label is ``rank * B + i``."""
+        """Queries [B, D] against the positives of all devices [W*B, D]; row i's label is ``process_index * B + i``."""
         batch = query.shape[0]
         all_pos = gather(positive, self.gather_grad)  # [W*B, D]
         logits = query @ all_pos.T / self.temperature  # [B, W*B]
-        labels = rank * batch + torch.arange(batch, device=query.device)
+        labels = process_index * batch + torch.arange(batch, device=query.device)
         if self.mask_false_negatives:
             all_qh = gather(query_hash, "none")  # [W*B]
             all_ph = gather(positive_hash, "none")

@@ -1,36 +1,41 @@
-"""EmbeddingModule: the LightningModule of 3D-ML. It runs steps and logs; the maths lives in the axes and losses."""
+"""EmbeddingModule: the LightningModule of 3D-ML. It runs steps and logs; the maths lives in the axes and losses.
+
+The network itself is an :class:`mlembed.encoder.Encoder` (``self.encoder``): this module resolves the axes
+against it, adds the objective, the optimizer and the hooks, and the callbacks an enabled axis needs.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 
-from mlembed.axes.mel import MEL, FactorizedEmbedding
-from mlembed.axes.mll import MLL
-from mlembed.axes.mrl import MRL
-from mlembed.backbone import Backbone, BackboneConfig, count_parameters
+from mlembed.axes.mel import MEL
+from mlembed.axes.mll import MLL, MLLLoss
+from mlembed.axes.mrl import MRL, MRLLoss
+from mlembed.backbone import BackboneConfig
 from mlembed.batch import uses_in_batch_negatives
-from mlembed.encoder import MatryoshkaPoints
-from mlembed.gradcache import CachedStep, GradCache
+from mlembed.encoder import ENCODER_PREFIX, Encoder, default_pooling, encoder_state_keys, trained_grid
+from mlembed.gradcache import CachedStep, GradCache, apply_cached_update, chunk_embedder
 from mlembed.losses import ContrastiveLoss, gather_single_process
 from mlembed.optim import OptimizerConfig
-from mlembed.pooling import LastTokenPooling, MeanPooling, Pooling
+from mlembed.pooling import Pooling
 from mlembed.teacher import FrozenTeacher, TeacherConfig
-from mlembed.text import TextTokenizer
-
-DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
+from mlembed.text import DEFAULT_TEMPLATE
 
 
 class EmbeddingModule(LightningModule):
-    """Trains a text-embedding backbone with any combination of the MEL, MLL and MRL axes.
+    """Trains a text-embedding encoder with any combination of the MEL, MLL and MRL axes.
+
+    The settings build the :class:`~mlembed.encoder.Encoder` (``backbone``, ``pooling``, ``mel.rank``,
+    ``instruction_template``) and the objective around it; keeping them flat keeps every flag
+    (``--model.backbone.*``, ``--model.mel.*``) and every saved checkpoint of earlier versions valid.
 
     Args:
-        backbone: which Hugging Face model (local path or config) and how texts are tokenized.
+        backbone: which Hugging Face model (hub id, local path or config) and how texts are tokenized.
         pooling: how token states become one vector; default last token for decoders, mean for encoders.
         mel: nested-rank factorised token embedding (parameters axis).
         mll: layers that get a loss (depth axis).
@@ -63,9 +68,8 @@ class EmbeddingModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.backbone_config, self.mel, self.mll, self.mrl = backbone, mel, mll, mrl
+        self.mel, self.mll, self.mrl = mel, mll, mrl
         self.loss_fn, self.optimizer_config = loss, optimizer
-        self.instruction_template = instruction_template
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"--model.on_nonfinite ({on_nonfinite!r}) must be raise or skip")
         self.on_nonfinite = on_nonfinite
@@ -76,133 +80,82 @@ class EmbeddingModule(LightningModule):
             raise ValueError("--model.teacher is set but --model.loss.kd_teacher is not 'model': set both, or neither")
         if grad_cache is not None:
             self.automatic_optimization = False  # the cached backward runs chunk by chunk inside training_step
-        self.backbone = Backbone(backbone)
-        self.pooling = pooling if pooling is not None else default_pooling(backbone)
-        self.text_tokenizer = TextTokenizer(
-            backbone.tokenizer_path, backbone.max_seq_length, append_eos=self.pooling.needs_eos
-        )
-        # Resolved against the backbone in configure_model().
-        self.layers: tuple[int, ...] = ()
-        self.dims: tuple[int, ...] = ()
-        self.dim_weights: tuple[float, ...] = ()
+        self.encoder = Encoder(backbone, pooling, max_rank=mel.rank if mel.enabled else None,
+                               instruction_template=instruction_template)
+        # The axes resolved against the backbone in configure_model().
+        self.mll_loss: MLLLoss | None = None
+        self.mrl_loss: MRLLoss | None = None
         self.ranks: tuple[int, ...] = ()
         self.active_layers: tuple[int, ...] = ()
+        """The MLL layers this step trains (all of them unless a LayerSchedule callback sets a subset)."""
 
     # -- construction -------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        """Build the backbone and resolve the axes against it (idempotent)."""
-        if self.backbone.model is not None:
+        """Build the encoder and resolve the axes against it (idempotent)."""
+        if self.mll_loss is not None:
             return
-        self.backbone.build()
-        # from_pretrained returns a model in eval mode and Lightning keeps each module's mode: follow ours, so
-        # fine-tuning has the dropout its config asks for (random-init tiny test configs set it to 0).
-        self.backbone.train(self.training)
-        self._check_vocabulary()
-        hidden, depth = self.backbone.hidden_size, self.backbone.depth
-        self.layers = self.mll.resolve(depth)
+        self.encoder.train(self.training)
+        backbone = self.encoder.build_backbone()
+        self.mll_loss = self.mll.bind(backbone.depth)
+        self.mrl_loss = self.mrl.bind(backbone.hidden_size)
+        self.encoder.build()  # the MEL factors, once the other axes fit the backbone
         self.active_layers = self.layers
-        self.dims, self.dim_weights = self.mrl.resolve(hidden)
-        if self.mel.enabled:
-            self.mel.validate(hidden, self.backbone.vocab_size)
-            self.ranks = self.mel.resolve_ranks()
-            self._install_factorized_embedding()
+        self.ranks = self.mel.resolve_ranks() if self.mel.enabled else ()
+        self.encoder.grid = trained_grid(self.mel, self.mll, self.mrl, backbone)
         if self.loss_fn.kd_teacher == "model" and self.loss_fn.distills:
             # Set past nn.Module's registration: the frozen teacher is in no optimizer, checkpoint or FSDP unit.
             object.__setattr__(self, "frozen_teacher", self._build_teacher())
 
-    def _build_teacher(self) -> FrozenTeacher:
-        config = (self.teacher_config or TeacherConfig()).backbone
-        pooling = copy.deepcopy(self.pooling) if config is None else default_pooling(config)
-        return FrozenTeacher(config or self.backbone_config, pooling, self.text_tokenizer).build()
-
-    def _check_vocabulary(self) -> None:
-        """Refuse a tokenizer whose ids run past the token-embedding matrix.
-
-        Without this, the first batch holding such an id fails deep inside the embedding lookup ("index out of
-        range in self") or, on GPU, with a device-side assert. A tokenizer smaller than the matrix is fine:
-        models such as Qwen pad their vocabulary to a round number of rows.
-        """
-        tokens = len(self.text_tokenizer.tokenizer)
-        rows = self.backbone.model.get_input_embeddings().num_embeddings
-        if tokens > rows:
-            raise ValueError(
-                f"--model.backbone.tokenizer {self.text_tokenizer.path!r} has a vocabulary of {tokens} tokens, "
-                f"but the backbone's token embedding has only {rows} rows: use the backbone's own tokenizer, or "
-                f"a model with at least {tokens} rows (--model.backbone.config.vocab_size, or "
-                "--model.backbone.pretrained)"
-            )
-
-    def _install_factorized_embedding(self) -> None:
-        original = self.backbone.model.get_input_embeddings()
-        factors = FactorizedEmbedding(
-            original.num_embeddings, original.embedding_dim, self.mel.rank, dtype=original.weight.dtype
-        )
-        factors.source_weight = original.weight.detach()
-        self.backbone.model.set_input_embeddings(factors)
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The MLL layers (ascending; empty before configure_model)."""
+        return self.mll_loss.layers if self.mll_loss is not None else ()
 
     @property
-    def factorized_embedding(self) -> FactorizedEmbedding | None:
-        """The MEL factors, or None when MEL is off."""
-        emb = self.backbone.model.get_input_embeddings() if self.backbone.model is not None else None
-        return emb if isinstance(emb, FactorizedEmbedding) else None
+    def dims(self) -> tuple[int, ...]:
+        """The MRL dims, largest first (empty before configure_model)."""
+        return self.mrl_loss.dims if self.mrl_loss is not None else ()
+
+    @property
+    def dim_weights(self) -> tuple[float, ...]:
+        """The MRL weights, one per entry of ``dims``."""
+        return self.mrl_loss.weights if self.mrl_loss is not None else ()
+
+    def _build_teacher(self) -> FrozenTeacher:
+        config = (self.teacher_config or TeacherConfig()).backbone
+        encoder = self.encoder
+        pooling = copy.deepcopy(encoder.pooling) if config is None else default_pooling(config)
+        return FrozenTeacher(config or encoder.backbone_config, pooling, encoder.text_tokenizer).build()
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The callbacks the enabled axes need (each axis names its own), unless the trainer has one of the type.
+
+        So ``--model.mel.enabled=true`` alone is a complete MEL run (SVD init, one rank drawn per step), and a
+        preset or YAML that lists one of these callbacks keeps its own settings.
+        """
+        present = {type(c) for c in (self.trainer.callbacks if self._trainer is not None else [])}
+        needed = [c for axis in (self.mel, self.mll, self.mrl) if axis.enabled for c in axis.callbacks()]
+        return [c for c in needed if type(c) not in present]
 
     def init_mel_from_svd(self) -> None:
         """Factorise the original embedding matrix (the SVDInit callback calls this before training)."""
         self.configure_model()
-        factors = self.factorized_embedding
-        if factors is None:
-            raise RuntimeError("MEL is off (--model.mel.enabled=False): there is no embedding to factorise")
-        if factors.source_weight is None:
-            if bool(factors.initialized):
-                return
-            raise RuntimeError("the original embedding matrix is gone; load the factors from a checkpoint")
-        factors.init_from(factors.source_weight)
+        self.encoder.init_factors_from_svd()
 
-    # -- axis state (set by callbacks) --------------------------------------------------------------
-    @property
-    def mel_rank(self) -> int | None:
-        """The rank the token embedding uses now (None when MEL is off)."""
-        factors = self.factorized_embedding
-        return None if factors is None else factors.active_rank
-
-    @mel_rank.setter
-    def mel_rank(self, rank: int | None) -> None:
-        factors = self.factorized_embedding
-        if factors is None:
-            if rank is not None:
-                raise ValueError(f"rank {rank} asked for, but MEL is off (--model.mel.enabled=False)")
-            return
-        rank = factors.max_rank if rank is None else int(rank)
-        if not 1 <= rank <= factors.max_rank:
-            raise ValueError(f"rank {rank} is outside [1, --model.mel.rank={factors.max_rank}]")
-        factors.active_rank = rank
-
-    @contextlib.contextmanager
-    def at_rank(self, rank: int | None) -> Iterator[None]:
-        """Temporarily embed tokens at ``rank`` (None: full rank)."""
-        before = self.mel_rank
-        self.mel_rank = rank
-        try:
-            yield
-        finally:
-            if before is not None:
-                self.mel_rank = before
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before the encoder split keep the backbone at the top of the state dict."""
+        if "state_dict" in checkpoint:  # a sharded (FSDP) checkpoint restores its weights separately
+            checkpoint["state_dict"] = encoder_state_keys(checkpoint["state_dict"], prefix=ENCODER_PREFIX)
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """``pooled``: what a wrapper of this module (the FSDP root) runs when it is called."""
-        return self.pooled(inputs, layers)
-
-    def pooled(self, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Pooled, un-normalised embeddings [B, H] of ``inputs`` at each layer in ``layers``."""
-        mask = inputs["attention_mask"]
-        states = self.backbone(inputs["input_ids"], mask, layers)
-        return {layer: self.pooling(h, mask) for layer, h in states.items()}
+        """The encoder's pooled embeddings: what a wrapper of this module (the FSDP root) runs when called."""
+        return self.encoder(inputs, layers)
 
     def model_step(self, batch: dict, layers: Sequence[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one batch over ``layers`` x MRL dims, and the terms to log (shared by train and val)."""
-        queries = self.pooled(batch["query"], layers)  # layer -> [B, H]
-        docs = self.pooled(_stack_inputs(batch["positive"], batch.get("negatives")), layers)  # [B + B*N, H]
+        queries = self(batch["query"], layers)  # layer -> [B, H]
+        docs = self(_stack_inputs(batch["positive"], batch.get("negatives")), layers)  # [B + B*N, H]
         return self.loss_on_embeddings(batch, queries, docs, layers)
 
     def loss_on_embeddings(
@@ -222,19 +175,17 @@ class EmbeddingModule(LightningModule):
             "positive_hash": batch["positive_hash"],
             "use_in_batch": uses_in_batch_negatives(batch["task"]),
             "gather": self.gather,
-            "rank": self.global_rank,
+            "process_index": self.global_rank,
             "teacher": self._teacher(batch, embeddings[max(layers)]),
         }
         terms: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
         def per_layer(query, positive, negs, *, layer: int) -> torch.Tensor:
-            total, per_dim = self.mrl(
-                query, positive, negs, dims=self.dims, weights=self.dim_weights, base=self.loss_fn, **context
-            )
+            total, per_dim = self.mrl_loss(query, positive, negs, base=self.loss_fn, **context)
             terms.update({(layer, dim): t for dim, t in per_dim.items()})
             return total
 
-        loss, layer_losses = self.mll(embeddings, per_layer)
+        loss, layer_losses = self.mll_loss(embeddings, per_layer)
         return loss, _log_terms(loss, layer_losses, terms)
 
     def _teacher(self, batch: dict, last: tuple) -> tuple[torch.Tensor, ...] | None:
@@ -271,59 +222,26 @@ class EmbeddingModule(LightningModule):
         if not torch.isfinite(loss):
             return self._nonfinite(loss, batch)
         if cached is not None:
-            self._cached_update(cached)
-        extra = {"mel_rank": float(self.mel_rank or 0), "stage": float(batch.get("stage", 1)),
+            apply_cached_update(self, cached, self.grad_cache.gradient_clip_val)
+        extra = {"mel_rank": float(self.encoder.mel_rank or 0), "stage": float(batch.get("stage", 1)),
                  "num_layers": float(len(self.active_layers or self.layers))}
         self.log_dict({f"train/{k}": v for k, v in {**logs, **extra}.items()}, batch_size=_batch_size(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=_batch_size(batch))
         return loss
 
-    # -- gradient caching (manual optimization) ------------------------------------------------------
+    # -- gradient caching (manual optimization; the mechanics are in mlembed.gradcache) ----------------
     def cached_step(self, batch: dict, layers: Sequence[int], chunk_size: int) -> CachedStep:
         """model_step with gradient caching: call ``.loss()``, then ``.backward(self.manual_backward)``."""
         return CachedStep(
-            embed=self._chunk_embedder(layers),
+            embed=chunk_embedder(self, layers),
             inputs=(batch["query"], _stack_inputs(batch["positive"], batch.get("negatives"))),
             objective=lambda queries, docs: self.loss_on_embeddings(batch, queries, docs, layers),
             chunk_size=chunk_size,
         )
 
-    def _chunk_embedder(self, layers: Sequence[int]):
-        """How gradient caching embeds one chunk: ``inputs -> {layer: [rows, H]}``."""
-        sharded = self._sharded_root()
-        if sharded is None:
-            return lambda inputs: self.pooled(inputs, layers)
-        # Under FSDP every chunk goes through the root unit's forward (our ``forward``): the backward of one chunk
-        # reshards the root-level parameters (embeddings, MEL factors, final norm), and only the root's forward
-        # gathers them again. Each chunk is then an ordinary FSDP forward/backward pair, as in accumulation.
-        return lambda inputs: sharded(inputs, layers)
-
-    def _cached_update(self, cached: CachedStep) -> None:
-        """The cached backward, then what automatic optimization would do: clip, step, schedule."""
-        strategy = self.trainer.strategy
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        # FSDP reduce-scatters each chunk's gradient into the shards (its no_sync needs an idle root, and would
-        # keep whole unsharded gradients); DDP all-reduces once, after the last chunk.
-        no_sync = contextlib.nullcontext if self._sharded_root() is not None else getattr(
-            strategy, "block_backward_sync", contextlib.nullcontext)
-        cached.backward(self.manual_backward, no_sync)
-        self.configure_gradient_clipping(optimizer, self.grad_cache.gradient_clip_val, "norm")
-        optimizer.step()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-
-    def _sharded_root(self) -> torch.nn.Module | None:
-        """The FSDP unit wrapping this module during fit, or None (one device, DDP, or no trainer)."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        model = self._trainer.model if self._trainer is not None else None
-        return model if isinstance(model, FullyShardedDataParallel) else None
-
     def _nonfinite(self, loss: torch.Tensor, batch: dict) -> None:
         where = (f"step {self.global_step}, source {batch.get('source')!r}, ids {list(batch.get('ids', []))[:4]}, "
-                 f"MEL rank {self.mel_rank}, layers {self.active_layers}")
+                 f"MEL rank {self.encoder.mel_rank}, layers {self.active_layers}")
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at {where}; no update was applied and no checkpoint "
@@ -334,7 +252,7 @@ class EmbeddingModule(LightningModule):
         return None  # Lightning skips backward and the optimizer step for this batch
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        with self.at_rank(None):
+        with self.encoder.at_rank(None):
             loss, _ = self.model_step(batch, self.layers)
         size = _batch_size(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=size, sync_dist=True, add_dataloader_idx=False)
@@ -343,14 +261,15 @@ class EmbeddingModule(LightningModule):
         return loss
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        with self.at_rank(None):
+        with self.encoder.at_rank(None):
             loss, _ = self.model_step(batch, self.layers)
         self.log("test/loss", loss, batch_size=_batch_size(batch), sync_dist=True, add_dataloader_idx=False)
         return loss
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        with self.at_rank(None):
-            return self.pooled(batch["query"], [self.backbone.depth])[self.backbone.depth]
+        with self.encoder.at_rank(None):
+            depth = self.encoder.backbone.depth
+            return self(batch["query"], [depth])[depth]
 
     def configure_optimizers(self) -> dict:
         # trainer.model, not self: under FSDP only the wrapped module's (flat) parameters are real.
@@ -365,108 +284,6 @@ class EmbeddingModule(LightningModule):
             model.clip_grad_norm_(gradient_clip_val)
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    # -- encoding (the mlembed.encoder.Encoder protocol) ---------------------------------------------
-    def points(self) -> MatryoshkaPoints:
-        """The ranks, depths and dims this model was trained for."""
-        self.configure_model()
-        return MatryoshkaPoints(
-            ranks=self.ranks if self.factorized_embedding is not None else (None,),
-            depths=self.layers,
-            dims=tuple(sorted(self.dims)),
-        )
-
-    def embed(
-        self,
-        texts: Sequence[str],
-        *,
-        rank: int | None = None,
-        depth: int | None = None,
-        instruction: str | None = None,
-        batch_size: int = 64,
-    ) -> torch.Tensor:
-        """Pooled embeddings [N, hidden] (not normalised) at (rank, depth); see mlembed.encoder.Encoder."""
-        self.configure_model()
-        depth = self.backbone.depth if depth is None else depth
-        return self.embed_layers(texts, rank=rank, depths=[depth], instruction=instruction, batch_size=batch_size)[depth]
-
-    def embed_layers(
-        self,
-        texts: Sequence[str],
-        *,
-        rank: int | None = None,
-        depths: Sequence[int],
-        instruction: str | None = None,
-        batch_size: int = 64,
-    ) -> dict[int, torch.Tensor]:
-        """``{depth: pooled embeddings [N, hidden]}`` of several depths from one forward pass.
-
-        Each entry equals ``embed(texts, rank=rank, depth=depth)``: the depth-l model is the first l layers
-        (plus the final norm), so the grid encodes a text once per rank instead of once per (rank, depth).
-        """
-        self.configure_model()
-        depths = sorted(set(depths))
-        if instruction:
-            texts = [self.instruction_template.format(instruction=instruction, query=t) for t in texts]
-        # Longest first, so each chunk pads little; the order is restored at the end.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = {d: torch.empty(len(texts), self.backbone.hidden_size) for d in depths}
-        was_training = self.training
-        self.eval()
-        try:
-            with self.at_rank(rank), torch.no_grad():
-                for start in range(0, len(order), batch_size):
-                    idx = order[start : start + batch_size]
-                    inputs = self.text_tokenizer([texts[i] for i in idx])
-                    inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                    for d, pooled in self.pooled(inputs, depths).items():
-                        out[d][idx] = pooled.float().cpu()
-        finally:
-            self.train(was_training)
-        return out
-
-    def encode(
-        self,
-        texts: Sequence[str],
-        *,
-        rank: int | None = None,
-        depth: int | None = None,
-        dim: int | None = None,
-        instruction: str | None = None,
-        batch_size: int = 64,
-    ) -> torch.Tensor:
-        """L2-normalised embeddings [N, dim] at (rank, depth, dim)."""
-        from mlembed.encoder import truncate_normalize
-
-        vectors = self.embed(texts, rank=rank, depth=depth, instruction=instruction, batch_size=batch_size)
-        return truncate_normalize(vectors, dim)
-
-    def num_parameters(self, *, rank: int | None = None, depth: int | None = None) -> int:
-        """Parameters of the deployable model at (rank, depth): factors at rank k, layers 1..depth."""
-        self.configure_model()
-        model, layers = self.backbone.model, self.backbone.layer_list()
-        total = count_parameters(model)
-        factors = self.factorized_embedding
-        if factors is not None:
-            k = factors.max_rank if rank is None else rank
-            total += (k - factors.max_rank) * (factors.A.shape[0] + factors.B.shape[1])
-        elif rank is not None:
-            raise ValueError(f"rank {rank} asked for, but MEL is off")
-        if depth is not None:
-            total -= sum(count_parameters(layer) for layer in list(layers)[depth:])
-        return total
-
-
-def default_pooling(config: BackboneConfig) -> Pooling:
-    """Last-token pooling for decoders, mean pooling for masked-LM encoders (read from the config only)."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    if config.pretrained is not None:
-        model_type = AutoConfig.from_pretrained(config.pretrained, **config.from_pretrained_kwargs()).model_type
-    else:
-        model_type = config.config["model_type"]
-    return MeanPooling() if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else LastTokenPooling()
 
 
 def _stack_inputs(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -511,3 +328,4 @@ def _log_terms(
         values = [t[name] for t in terms.values() if name in t]
         logs[f"loss/{name}"] = torch.stack(values).mean().detach()
     return logs
+

@@ -10,6 +10,11 @@ and huggingface_hub resolve them through the local hub cache (``HF_HOME`` / ``HF
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PREFIX = "pkg://"
@@ -120,3 +125,52 @@ def _check_hub(repo_id: str, revision: str | None, flag: str, needs: str | None)
         reason = (str(err).strip().splitlines() or [""])[0]
         raise FileNotFoundError(f"{what} is {where}, and the Hub could not be reached "
                                 f"({type(err).__name__}: {reason})") from None
+
+
+# -- replacing a directory atomically ---------------------------------------------------------------
+@contextmanager
+def staged_directory(out: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out`` to write into; on success it replaces ``out`` (``replace_directory``).
+
+    A crash never leaves a half-written ``out``, and an existing ``out`` stays untouched until the new one is
+    complete.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result gets the usual permissions
+        yield staging
+        replace_directory(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def replace_directory(staging: Path, out: Path, keep: Callable[[Path], bool] = lambda path: False) -> None:
+    """Put the finished ``staging`` directory in the place of ``out``, one rename at a time.
+
+    At any moment either the old or the new directory is complete on disk: ``out`` (if any) is set aside,
+    ``staging`` takes its name, the old directory's entries that ``keep`` accepts move over, and only then is
+    the old directory deleted.
+    """
+    aside = None
+    if out.exists():
+        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, aside)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, out)
+        raise
+    if aside is not None:
+        for path in aside.iterdir():
+            if keep(path):
+                os.replace(path, out / path.name)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

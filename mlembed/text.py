@@ -13,6 +13,10 @@ from pathlib import Path
 
 import torch
 
+DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
+"""How an instruction is put before a query: by the training data (each task's default) and by ``embed`` at
+inference, one constant so the two cannot drift apart."""
+
 
 def text_hash(text: str) -> int:
     """A stable 63-bit hash of a text (same on every process and run, unlike Python's ``hash``).

@@ -55,8 +55,8 @@ def tiny_module(kind: str = "bert", *, mel: bool = True, mll: bool = True, mrl: 
 
 def make_batch(module: EmbeddingModule, queries: Sequence[str] = QUERIES, positives: Sequence[str] = POSITIVES,
                negatives: Sequence[str] | None = NEGATIVES, task: str = "retrieval") -> dict:
-    """A batch dict with one hard negative per query (or none)."""
-    tok = module.text_tokenizer
+    """A batch dict with one hard negative per query (or none); ``module`` is an EmbeddingModule or an Encoder."""
+    tok = getattr(module, "encoder", module).text_tokenizer
     batch = {
         "query": tok(queries),
         "positive": tok(positives),

@@ -89,3 +89,42 @@ def test_shards_benchmark_prints_worker_ratios_at_a_toy_size():
     ratios = re.search(r"2 workers / 1 worker: records/s ([\d.]+)x; peak tree RSS ([\d.]+)x, PSS ([\d.]+)x", out)
     assert ratios, out
     assert all(float(v) > 0 for v in ratios.groups())
+
+
+def test_e2e_benchmark_runs_both_pipelines_and_prints_ratios_at_a_toy_size():
+    """Both trainers (mlembed's fit on shards, sentence-transformers' trainer) each in its own process."""
+    arms = ["mlembed MRL+MLL", "sentence-transformers MRL+MLL"]
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_e2e.py"), "--smoke", "--threads", "1",
+                           "--arms", *arms], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for arm in arms:  # both counted samples and real tokens, and their process trees were sampled
+        line = re.search(rf"  {re.escape(arm)} +([\d.]+) samples/s +([\d,]+) real tokens/s \(padding.*?"
+                         r"peak tree RSS [\d,]+ MiB, PSS +([\d,]+) MiB", out)
+        assert line and all(float(v.replace(",", "")) > 0 for v in line.groups()), out
+    ratios = re.search(r"MRL\+MLL +mlembed / sentence-transformers: samples/s ([\d.]+)x, real tokens/s ([\d.]+)x.*"
+                       r"peak tree RSS ([\d.]+)x, PSS ([\d.]+)x", out)
+    assert ratios and all(float(v) > 0 for v in ratios.groups()), out
+
+
+def test_scaling_benchmark_writes_its_figure_and_table_at_a_toy_size(tmp_path):
+    out = run(str(ROOT / "benchmarks/bench_scaling.py"), "--smoke", "--threads", "1", "--out", str(tmp_path))
+    table = (tmp_path / "bench_scaling.md").read_text()
+    png = (tmp_path / "bench_scaling.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    for axis in ("vocabulary size", "MRL dims", "MLL loss layers", "batch size"):
+        assert f"| {axis} |" in table and axis in out
+    for series in ("reference (full product)", "mlembed (gather-first)", "uncached", "gradient caching"):
+        assert f"| {series} |" in table
+    # every series gets a verdict from its own numbers: flat only within 15%
+    verdicts = re.findall(r"\| (flat \([\d.]+x\)|grows [\d.]+x \(~x\^-?[\d.]+\))(?= \|)", table)
+    assert len(verdicts) == 2 * 6, table
+
+
+def test_loader_tokens_benchmark_prints_tokens_per_worker_and_the_time_split():
+    out = run(str(ROOT / "benchmarks/bench_loader_tokens.py"), "--smoke")
+    assert re.search(r"per worker: [\d,]+ real tokens/s = [\d.]+x the target of 50,000", out), out
+    assert re.search(r"one GPU at 100,000 tokens/s needs [\d.]+ such workers", out), out
+    shares = re.findall(r"^    (tar reading|JSON decoding|tokenization|padding|hashing|shuffling).*?([\d.]+)%$", out,
+                        re.MULTILINE)
+    assert len(shares) == 6 and sum(float(v) for _, v in shares) >= 99, out

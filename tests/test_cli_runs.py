@@ -74,14 +74,14 @@ def test_validate_test_and_predict_run_on_a_trained_checkpoint(tiny_shards, tmp_
     predicted = torch.load(saved, weights_only=False)
     rows = {row["id"]: row for row in map(json.loads, (FIXTURES / "stage2.jsonl").read_text().splitlines())}
     assert sorted(predicted["ids"]) == sorted(rows)
-    module = load_checkpoint(ckpt)
+    encoder = load_checkpoint(ckpt)
     queries = [rows[i]["query"] for i in predicted["ids"]]
     instructions = {rows[i]["instruction"] for i in predicted["ids"]}
     assert len(instructions) == 1  # the fixture gives every row the same instruction
-    expected = module.embed(queries, instruction=instructions.pop())
-    assert predicted["vectors"].shape == expected.shape == (len(rows), module.backbone.hidden_size)
+    expected = encoder.embed(queries, instruction=instructions.pop())
+    assert predicted["vectors"].shape == expected.shape == (len(rows), encoder.backbone.hidden_size)
     torch.testing.assert_close(predicted["vectors"], expected, atol=1e-5, rtol=1e-5)
-    encoded = module.encode(queries, instruction=rows[predicted["ids"][0]]["instruction"])
+    encoded = encoder.encode(queries, instruction=rows[predicted["ids"][0]]["instruction"])
     torch.testing.assert_close(torch.nn.functional.normalize(predicted["vectors"], dim=-1), encoded, atol=1e-5,
                                rtol=1e-5)
 

@@ -48,10 +48,10 @@ def expected_loss(module, batch, rank, layers, dim_weights) -> torch.Tensor:
     temperature = module.loss_fn.temperature
     per_layer = []
     for layer in layers:
-        with module.at_rank(rank):  # each text kind and each layer in a forward pass of its own
-            query = module.pooled(batch["query"], [layer])[layer].double()
-            positive = module.pooled(batch["positive"], [layer])[layer].double()
-            negatives = module.pooled(batch["negatives"], [layer])[layer].double()
+        with module.encoder.at_rank(rank):  # each text kind and each layer in a forward pass of its own
+            query = module.encoder(batch["query"], [layer])[layer].double()
+            positive = module.encoder(batch["positive"], [layer])[layer].double()
+            negatives = module.encoder(batch["negatives"], [layer])[layer].double()
         negatives = negatives.reshape(query.shape[0], per_query, -1)  # row i's negatives: i*N .. i*N+N-1
         total = torch.zeros((), dtype=torch.float64)
         for dim, weight in dim_weights.items():
@@ -80,7 +80,7 @@ def test_model_step_is_the_mean_over_layers_of_the_weighted_sum_over_dims(kind, 
     assert module.ranks == ((8, 16, 32) if mel else ())
 
     if mel:
-        module.mel_rank = rank  # what RankSampler does before a training step
+        module.encoder.mel_rank = rank  # what RankSampler does before a training step
     # Expected values are float64 from separate forward passes; model_step is float32 on one stacked pass:
     # they agree to 1e-6 relative (about 4e-6 absolute on a loss of 4), float32's own precision.
     with torch.no_grad():
@@ -94,4 +94,4 @@ def test_model_step_is_the_mean_over_layers_of_the_weighted_sum_over_dims(kind, 
         if mel:  # the rank is part of the point: the full rank gives another loss
             full = expected_loss(module, batch, None, LAYERS[mll], DIM_WEIGHTS[mrl])
             assert abs(float(full) - float(want)) > 1e-4
-            assert module.mel_rank == rank
+            assert module.encoder.mel_rank == rank

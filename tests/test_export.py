@@ -14,8 +14,9 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
+from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest
 from mlembed.callbacks import RankSampler, SVDInit
-from mlembed.export import FACTORIZED_WEIGHTS, Manifest, directory_bytes, export, main
+from mlembed.export import directory_bytes, export, main
 from mlembed.loading import load
 from tests.helpers import make_batch, tiny_module
 
@@ -51,20 +52,20 @@ def test_compat_matches_mlembed_in_transformers_and_sentence_transformers(traine
     from transformers import AutoModel, AutoTokenizer
 
     kind, module, _, compat, _ = trained
-    expected = module.encode(TEXTS, **POINT)  # [N, dim]
+    expected = module.encoder.encode(TEXTS, **POINT)  # [N, dim]
 
     model = AutoModel.from_pretrained(compat).eval()
     tok = AutoTokenizer.from_pretrained(compat)
-    inputs = tok(TEXTS, padding=True, truncation=True, max_length=module.text_tokenizer.max_seq_length,
+    inputs = tok(TEXTS, padding=True, truncation=True, max_length=module.encoder.text_tokenizer.max_seq_length,
                  return_tensors="pt")
     with torch.no_grad():
         hidden = model(**inputs).last_hidden_state
-    pooled = module.pooling(hidden, inputs["attention_mask"])
+    pooled = module.encoder.pooling(hidden, inputs["attention_mask"])
     assert model.config.num_hidden_layers == POINT["depth"]
     assert torch.allclose(torch.nn.functional.normalize(pooled[:, : POINT["dim"]], dim=-1), expected, atol=1e-5)
 
     st = SentenceTransformer(str(compat), device="cpu")
-    assert st.max_seq_length == module.text_tokenizer.max_seq_length
+    assert st.max_seq_length == module.encoder.text_tokenizer.max_seq_length
     assert st.truncate_dim == POINT["dim"]
     # sentence-transformers normalises before truncating: same directions, equal after re-normalising.
     raw = st.encode(TEXTS, convert_to_tensor=True)
@@ -75,7 +76,7 @@ def test_compat_matches_mlembed_in_transformers_and_sentence_transformers(traine
     assert torch.allclose(raw.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
     # A narrower width asked of encode: sentence-transformers truncates after Normalize, so re-normalise.
     narrower = st.encode(TEXTS, convert_to_tensor=True, truncate_dim=8, normalize_embeddings=True)
-    assert torch.allclose(narrower, module.encode(TEXTS, **{**POINT, "dim": 8}), atol=1e-5)
+    assert torch.allclose(narrower, module.encoder.encode(TEXTS, **{**POINT, "dim": 8}), atol=1e-5)
     pooling = json.loads((compat / "1_Pooling" / "config.json").read_text())
     mode = {"bert": "pooling_mode_mean_tokens", "qwen3": "pooling_mode_lasttoken"}[kind]
     assert [k for k, v in pooling.items() if v is True] == [mode]
@@ -87,7 +88,7 @@ def test_decoder_export_appends_eos_like_mlembed(trained):
     kind, module, _, compat, _ = trained
     tok = AutoTokenizer.from_pretrained(compat)
     ids = tok(["hello world"])["input_ids"][0]
-    assert ids == module.text_tokenizer(["hello world"])["input_ids"][0].tolist()
+    assert ids == module.encoder.text_tokenizer(["hello world"])["input_ids"][0].tolist()
     assert (ids[-1] == tok.eos_token_id) == (kind == "qwen3")
 
 
@@ -96,12 +97,12 @@ def test_efficiency_matches_compat_and_counts_parameters(trained):
     dense, factorized = load(compat), load(efficiency)
     assert torch.allclose(factorized.encode(TEXTS), dense.encode(TEXTS), atol=1e-5)
 
-    expected = module.num_parameters(rank=POINT["rank"], depth=POINT["depth"])
+    expected = module.encoder.num_parameters(rank=POINT["rank"], depth=POINT["depth"])
     assert factorized.num_parameters() == expected
-    vocab, hidden = module.backbone.vocab_size, module.backbone.hidden_size
+    vocab, hidden = module.encoder.backbone.vocab_size, module.encoder.backbone.hidden_size
     assert dense.num_parameters() == expected + vocab * hidden - POINT["rank"] * (vocab + hidden)
     assert json.loads((efficiency / "config.json").read_text())["num_hidden_layers"] == POINT["depth"]
-    assert Manifest.read(efficiency).rank == POINT["rank"]
+    assert ExportManifest.read(efficiency).rank == POINT["rank"]
     assert not (efficiency / "model.safetensors").exists()  # plain transformers must not load it half-way
     assert (efficiency / FACTORIZED_WEIGHTS).stat().st_size < (compat / "model.safetensors").stat().st_size
     assert directory_bytes(efficiency) < directory_bytes(compat)
@@ -109,7 +110,7 @@ def test_efficiency_matches_compat_and_counts_parameters(trained):
 
 def test_compat_loads_without_mlembed(trained, tmp_path):
     kind, module, _, compat, _ = trained
-    expected = module.encode(TEXTS, **POINT)
+    expected = module.encoder.encode(TEXTS, **POINT)
     torch.save(expected, tmp_path / "expected.pt")
     # The pooling is written out here, by kind: mean over real tokens (bert), or the last real token (qwen3,
     # whose exported tokenizer appends the EOS token that mlembed pools).
@@ -124,7 +125,7 @@ sys.modules["mlembed"] = None  # any import of mlembed now fails
 import torch
 from transformers import AutoModel, AutoTokenizer
 model, tok = AutoModel.from_pretrained({str(compat)!r}), AutoTokenizer.from_pretrained({str(compat)!r})
-inputs = tok({TEXTS!r}, padding=True, truncation=True, max_length={module.text_tokenizer.max_seq_length},
+inputs = tok({TEXTS!r}, padding=True, truncation=True, max_length={module.encoder.text_tokenizer.max_seq_length},
              return_tensors="pt")
 real = [[t for t, k in zip(ids, m) if k] for ids, m in zip(inputs["input_ids"].tolist(),
                                                          inputs["attention_mask"].tolist())]
@@ -210,7 +211,7 @@ def test_rank_with_mel_off_and_efficiency_with_mel_off(tmp_path):
     with pytest.raises(ValueError, match="--mode efficiency .*MEL off"):
         export(ckpt, tmp_path / "b", mode="efficiency")
     out = export(ckpt, tmp_path / "c", depth=1)
-    assert Manifest.read(out).rank is None
+    assert ExportManifest.read(out).rank is None
     assert load(out).points().ranks == (None,)
 
 

@@ -42,7 +42,7 @@ def _cached(module, batch, chunk: int = CHUNK) -> tuple[torch.Tensor, dict]:
 @pytest.mark.parametrize("kind", ["bert", "qwen3"])
 def test_cached_step_equals_the_uncached_step_with_all_three_axes(kind):
     module = tiny_module(kind, rank=32, layers=3)  # MLL layers {1, 2, 3}, MRL dims 8..64, MEL ranks 8..32
-    module.mel_rank = 16  # the step's sampled rank: both passes must embed with it
+    module.encoder.mel_rank = 16  # the step's sampled rank: both passes must embed with it
     batch = make_batch(module)
     assert len(module.layers) == 3 and len(module.dims) > 3
     loss, _ = module.model_step(batch, module.layers)
@@ -52,7 +52,8 @@ def test_cached_step_equals_the_uncached_step_with_all_three_axes(kind):
     got_loss, got = _cached(module, batch)
     torch.testing.assert_close(got_loss, loss.detach(), atol=1e-6, rtol=1e-5)
     _assert_same_grads(got, want)
-    assert want["backbone.model.embeddings.word_embeddings.A" if kind == "bert" else "backbone.model.embed_tokens.A"][
+    assert want["encoder.backbone.model.embeddings.word_embeddings.A" if kind == "bert" else
+                "encoder.backbone.model.embed_tokens.A"][
         :, 16:].abs().max() == 0  # ranks above the active one got no gradient in either pass
 
 
@@ -72,7 +73,7 @@ def test_cached_step_replays_dropout_exactly():
         embedded = []
         for inputs in sides:
             rows = inputs["input_ids"].shape[0]
-            parts = [module.pooled(chunk_rows(inputs, s, min(s + CHUNK, rows)), module.layers)
+            parts = [module.encoder(chunk_rows(inputs, s, min(s + CHUNK, rows)), module.layers)
                      for s in range(0, rows, CHUNK)]
             embedded.append({layer: torch.cat([p[layer] for p in parts]) for layer in module.layers})
         module.loss_on_embeddings(batch, *embedded, module.layers)[0].backward()

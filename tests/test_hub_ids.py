@@ -141,7 +141,7 @@ def test_revision_picks_the_snapshot(hub_cache, revision, expected):
 
     config = BackboneConfig(pretrained=REPO, revision=revision, max_seq_length=16)
     assert config.pretrained == REPO and config.is_hub_id
-    # What mlembed.module.default_pooling reads, and the tokenizer the data pipeline loads.
+    # What mlembed.encoder.default_pooling reads, and the tokenizer the data pipeline loads.
     hf_config = AutoConfig.from_pretrained(config.pretrained, **config.from_pretrained_kwargs())
     assert hf_config.num_hidden_layers == expected["depth"]
     assert load_tokenizer(config.tokenizer_path).model_max_length == expected["max_length"]

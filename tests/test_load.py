@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import mlembed
-from mlembed.encoder import Encoder
+from mlembed.encoder import PointEncoder
 from mlembed.export import export
 from tests.helpers import make_batch
 from tests.test_export import TEXTS, fit_checkpoint
@@ -30,14 +30,14 @@ def sources(tmp_path_factory):
 
 def test_checkpoint_compat_and_efficiency_agree(sources):
     module, ckpt, compat, efficiency = sources
-    expected = module.encode(TEXTS, **POINT, instruction=INSTRUCTION)
+    expected = module.encoder.encode(TEXTS, **POINT, instruction=INSTRUCTION)
     for source in (ckpt, compat, efficiency):
         encoder = mlembed.load(source, **POINT) if source == ckpt else mlembed.load(source)
         got = encoder.encode(TEXTS, instruction=INSTRUCTION, batch_size=2)
         assert got.shape == (len(TEXTS), POINT["dim"])
         assert torch.allclose(got.norm(dim=-1), torch.ones(len(TEXTS)))
         assert torch.allclose(got, expected, atol=1e-5), source
-        assert isinstance(encoder, Encoder)
+        assert isinstance(encoder, PointEncoder)
         assert encoder.num_parameters(depth=1) < encoder.num_parameters()
 
 
@@ -47,9 +47,9 @@ def test_points_and_smaller_points(sources):
     assert factorized.points().ranks == (8, 16) and dense.points().ranks == (16,)
     assert factorized.points().depths == (1, 2) and factorized.points().dims == (8, 16, 32)
     # The efficiency export serves every smaller rank and depth, exactly as the checkpoint does.
-    assert torch.allclose(factorized.embed(TEXTS, rank=8, depth=1), module.embed(TEXTS, rank=8, depth=1), atol=1e-5)
-    assert torch.allclose(dense.embed(TEXTS, depth=1), module.embed(TEXTS, rank=16, depth=1), atol=1e-5)
-    assert factorized.num_parameters(rank=8, depth=1) == module.num_parameters(rank=8, depth=1)
+    assert torch.allclose(factorized.embed(TEXTS, rank=8, depth=1), module.encoder.embed(TEXTS, rank=8, depth=1), atol=1e-5)
+    assert torch.allclose(dense.embed(TEXTS, depth=1), module.encoder.embed(TEXTS, rank=16, depth=1), atol=1e-5)
+    assert factorized.num_parameters(rank=8, depth=1) == module.encoder.num_parameters(rank=8, depth=1)
     with pytest.raises(ValueError, match="dense at rank 16"):
         dense.embed(TEXTS, rank=8)
     with pytest.raises(ValueError, match="depth 3"):
@@ -66,8 +66,8 @@ def test_checkpoint_defaults_to_the_full_model(sources):
     module, ckpt, _, _ = sources
     encoder = mlembed.load(ckpt)
     assert (encoder.rank, encoder.depth, encoder.dim) == (32, 3, 64)
-    assert encoder.points() == module.points()
-    assert torch.allclose(encoder.encode(TEXTS), module.encode(TEXTS), atol=1e-6)
+    assert encoder.points() == module.encoder.points()
+    assert torch.allclose(encoder.encode(TEXTS), module.encoder.encode(TEXTS), atol=1e-6)
 
 
 def test_lightning_cli_checkpoint(tmp_path):
@@ -93,7 +93,7 @@ def test_lightning_cli_checkpoint(tmp_path):
     cli.trainer.save_checkpoint(ckpt)
     assert isinstance(torch.load(ckpt, weights_only=False)["hyper_parameters"]["backbone"], dict)  # CLI-style
     encoder = mlembed.load(ckpt, rank=8)
-    assert torch.allclose(encoder.encode(TEXTS), cli.model.encode(TEXTS, rank=8), atol=1e-6)
+    assert torch.allclose(encoder.encode(TEXTS), cli.model.encoder.encode(TEXTS, rank=8), atol=1e-6)
 
 
 def test_bad_sources_name_the_path(tmp_path):

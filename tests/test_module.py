@@ -32,7 +32,7 @@ def test_every_axis_combination_lowers_the_loss_on_a_fixed_batch(kind, mel, mll,
     assert losses[-1] < 0.7 * losses[0], losses
     assert (f"loss/mll@{module.layers[0]}" in logs) and ("loss/mrl@8" in logs) == mrl
     assert len(module.layers) == (3 if mll else 1)
-    assert (module.factorized_embedding is not None) == mel
+    assert (module.encoder.factorized_embedding is not None) == mel
 
 
 def test_mel_trains_only_the_factors_not_the_original_matrix():
@@ -40,17 +40,17 @@ def test_mel_trains_only_the_factors_not_the_original_matrix():
     names = [n for n, _ in module.named_parameters()]
     assert any(n.endswith("word_embeddings.A") for n in names) and any(n.endswith("word_embeddings.B") for n in names)
     assert not any(n.endswith("word_embeddings.weight") for n in names)
-    assert module.factorized_embedding.source_weight is None  # freed after SVD init
+    assert module.encoder.factorized_embedding.source_weight is None  # freed after SVD init
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "bert"])
 def test_depth_l_model_at_inference_equals_the_layer_l_embedding_of_training(kind):
     module = tiny_module(kind, layers=4).eval()
-    inputs = module.text_tokenizer(QUERIES)
-    with torch.no_grad(), module.at_rank(16):
-        seen_in_training = module.pooled(inputs, module.layers)  # what the loss sees, layers (1, 2, 4)
+    inputs = module.encoder.text_tokenizer(QUERIES)
+    with torch.no_grad(), module.encoder.at_rank(16):
+        seen_in_training = module.encoder(inputs, module.layers)  # what the loss sees, layers (1, 2, 4)
         for depth in module.layers:
-            at_inference = module.embed(QUERIES, rank=16, depth=depth)
+            at_inference = module.encoder.embed(QUERIES, rank=16, depth=depth)
             torch.testing.assert_close(at_inference, seen_in_training[depth], atol=1e-5, rtol=1e-4)
 
 
@@ -58,10 +58,10 @@ def test_depth_l_model_at_inference_equals_the_layer_l_embedding_of_training(kin
 def test_embed_layers_gives_every_depth_of_one_pass_equal_to_embed_at_that_depth(kind):
     module = tiny_module(kind, layers=4).eval()
     texts = QUERIES + [q + " and a longer tail of words" for q in QUERIES]  # mixed lengths across chunks
-    together = module.embed_layers(texts, rank=16, depths=[4, 1, 2], batch_size=3)
+    together = module.encoder.embed_layers(texts, rank=16, depths=[4, 1, 2], batch_size=3)
     assert sorted(together) == [1, 2, 4]
     for depth, vectors in together.items():
-        torch.testing.assert_close(vectors, module.embed(texts, rank=16, depth=depth, batch_size=5),
+        torch.testing.assert_close(vectors, module.encoder.embed(texts, rank=16, depth=depth, batch_size=5),
                                    atol=1e-5, rtol=1e-4)
     assert not torch.allclose(together[1], together[4])
 
@@ -69,10 +69,10 @@ def test_embed_layers_gives_every_depth_of_one_pass_equal_to_embed_at_that_depth
 def test_depth_l_checkpoint_loaded_with_num_hidden_layers_l_gives_the_same_embedding():
     """One model, N depths: a plain HF model built with num_hidden_layers = l reproduces layer l."""
     module = tiny_module("qwen3", mel=False, layers=4).eval()
-    inputs = module.text_tokenizer(QUERIES)
+    inputs = module.encoder.text_tokenizer(QUERIES)
     with torch.no_grad():
-        trained = module.pooled(inputs, module.layers)
-    hf = module.backbone.model
+        trained = module.encoder(inputs, module.layers)
+    hf = module.encoder.backbone.model
     for depth in (1, 2):
         config = hf.config.__class__.from_dict({**hf.config.to_dict(), **depth_config(hf.config, depth)})
         small = AutoModel.from_config(config).eval()
@@ -80,26 +80,26 @@ def test_depth_l_checkpoint_loaded_with_num_hidden_layers_l_gives_the_same_embed
         assert not missing
         with torch.no_grad():
             out = small(**inputs, use_cache=False).last_hidden_state
-        torch.testing.assert_close(module.pooling(out, inputs["attention_mask"]), trained[depth], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(module.encoder.pooling(out, inputs["attention_mask"]), trained[depth], atol=1e-5, rtol=1e-4)
 
 
 def test_encode_cuts_and_normalises_the_prefix():
     module = tiny_module("bert").eval()
-    full = module.embed(QUERIES[:3], rank=8, depth=2)
-    cut = module.encode(QUERIES[:3], rank=8, depth=2, dim=16)
+    full = module.encoder.embed(QUERIES[:3], rank=8, depth=2)
+    cut = module.encoder.encode(QUERIES[:3], rank=8, depth=2, dim=16)
     assert cut.shape == (3, 16)
     torch.testing.assert_close(cut, torch.nn.functional.normalize(full[:, :16], dim=-1))
 
 
 def test_points_and_parameter_counts():
     module = tiny_module("bert", rank=32, layers=4, hidden=64)
-    points = module.points()
+    points = module.encoder.points()
     assert points.ranks == (8, 16, 32) and points.depths == (1, 2, 4) and points.dims == (8, 16, 32, 64)
-    full = module.num_parameters()
+    full = module.encoder.num_parameters()
     vocab = 30522
-    assert full - module.num_parameters(rank=8) == (32 - 8) * (vocab + 64)
-    layer = sum(p.numel() for p in module.backbone.layer_list()[0].parameters())
-    assert full - module.num_parameters(depth=1) == 3 * layer
+    assert full - module.encoder.num_parameters(rank=8) == (32 - 8) * (vocab + 64)
+    layer = sum(p.numel() for p in module.encoder.backbone.layer_list()[0].parameters())
+    assert full - module.encoder.num_parameters(depth=1) == 3 * layer
 
 
 def test_mel_without_svd_init_fails_with_a_clear_error():

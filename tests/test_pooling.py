@@ -35,12 +35,12 @@ def _left_pad(inputs, pad_id):
 def test_qwen3_last_token_embedding_is_the_same_with_left_and_right_padding():
     module = tiny_module("qwen3").eval()
     texts = ["a short one", "a considerably longer sentence with more tokens in it", "mid length text"]
-    right = module.text_tokenizer(texts)
+    right = module.encoder.text_tokenizer(texts)
     assert (right["attention_mask"] == 0).any()  # the test needs real padding
     left = _left_pad(right, pad_id=0)
     layers = module.layers
     with torch.no_grad():
-        from_right = module.pooled(right, layers)
-        from_left = module.pooled(left, layers)
+        from_right = module.encoder(right, layers)
+        from_left = module.encoder(left, layers)
     for layer in layers:
         torch.testing.assert_close(from_left[layer], from_right[layer], atol=1e-5, rtol=1e-4)

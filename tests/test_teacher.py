@@ -51,7 +51,7 @@ def test_teacher_gets_no_gradient_no_optimizer_state_and_never_changes():
     assert all(p.grad is None for p in module.frozen_teacher.parameters())
     for key, value in module.frozen_teacher.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
-    student_embedding = module.backbone.model.embeddings.word_embeddings.A
+    student_embedding = module.encoder.backbone.model.embeddings.word_embeddings.A
     assert trainer.global_step == 3 and student_embedding.grad is not None  # the student did train
 
 
@@ -60,35 +60,35 @@ def test_the_starting_model_teaches_itself_exactly_at_the_full_point():
     module.eval()
     batch = make_batch(module)
     teacher = module._teacher(batch, None)
-    depth = module.backbone.depth
-    with module.at_rank(None):
-        query = module.pooled(batch["query"], [depth])[depth]
-        positive = module.pooled(batch["positive"], [depth])[depth]
+    depth = module.encoder.backbone.depth
+    with module.encoder.at_rank(None):
+        query = module.encoder(batch["query"], [depth])[depth]
+        positive = module.encoder(batch["positive"], [depth])[depth]
     torch.testing.assert_close(teacher[0], F.normalize(query, dim=-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(teacher[1], F.normalize(positive, dim=-1), atol=1e-5, rtol=0)
     terms = module.loss_fn.distillation_terms((F.normalize(query, dim=-1), F.normalize(positive, dim=-1)), teacher)
     assert terms["kd"] < 1e-10 and terms["kd_sim"] < 1e-10
     # ... and a reduced point (a prefix, a shallower layer) is held to the same full-size geometry, not to zero.
-    shallow = module.pooled(batch["query"], [1])[1]
+    shallow = module.encoder(batch["query"], [1])[1]
     assert similarity_distillation_loss((F.normalize(shallow[:, :8], dim=-1),), teacher[:1]) > 1e-4
 
 
 def test_model_step_adds_the_distillation_terms_at_every_layer_and_dim():
     module, plain = distilling(), tiny_module("bert", rank=64, layers=3)
     plain.load_state_dict(module.state_dict())
-    module.mel_rank = plain.mel_rank = 16
+    module.encoder.mel_rank = plain.encoder.mel_rank = 16
     batch = make_batch(module)
     loss, logs = module.model_step(batch, module.layers)
     base, _ = plain.model_step(batch, plain.layers)
     teacher = module._teacher(batch, None)
     expected = base.detach()
     for layer in module.layers:  # by hand: mean over layers of the weighted sum over dims of the kd terms
-        query = module.pooled(batch["query"], [layer])[layer]
-        positive = module.pooled(batch["positive"], [layer])[layer]
+        query = module.encoder(batch["query"], [layer])[layer]
+        positive = module.encoder(batch["positive"], [layer])[layer]
         for dim, weight in zip(module.dims, module.dim_weights):
             student = (F.normalize(query[:, :dim], dim=-1), F.normalize(positive[:, :dim], dim=-1))
             kd = 10.0 * similarity_distillation_loss(student, teacher)
-            if dim == module.backbone.hidden_size:  # the vector term: where the width is the teacher's only
+            if dim == module.encoder.backbone.hidden_size:  # the vector term: where the width is the teacher's only
                 kd = kd + F.mse_loss(student[0], teacher[0]) + F.mse_loss(student[1], teacher[1])
             expected = expected + weight * kd.detach() / len(module.layers)
     torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)
@@ -97,7 +97,7 @@ def test_model_step_adds_the_distillation_terms_at_every_layer_and_dim():
 
 def test_distillation_composes_with_gradient_caching():
     module = distilling("qwen3")
-    module.mel_rank = 16
+    module.encoder.mel_rank = 16
     batch = make_batch(module)
     loss, _ = module.model_step(batch, module.layers)
     module.zero_grad()

@@ -49,19 +49,25 @@ class MEL:
             k *= 2
         return tuple(ranks + [self.rank])
 
+    def callbacks(self) -> list:
+        """What training with this axis needs: factors from the SVD before the first step (``SVDInit``), and one
+        rank drawn per step, P(k) ∝ k (``RankSampler``); ``EmbeddingModule.configure_callbacks`` adds them."""
+        from mlembed.callbacks.rank_sampler import RankSampler
+        from mlembed.callbacks.svd_init import SVDInit
+
+        return [SVDInit(), RankSampler()]
+
     def validate(self, hidden_size: int, vocab_size: int) -> None:
         """Check the rank against the backbone, naming the flag: the SVD has at most min(vocab, hidden) ranks."""
-        if self.rank > hidden_size:
-            raise ValueError(f"--model.mel.rank ({self.rank}) exceeds the backbone's hidden size {hidden_size}")
-        if self.rank > vocab_size:
-            raise ValueError(f"--model.mel.rank ({self.rank}) exceeds the backbone's vocabulary size {vocab_size}")
+        check_rank(self.rank, hidden_size, vocab_size)
 
 
-def sample_rank(ranks: tuple[int, ...], generator: torch.Generator) -> int:
-    """Draw one rank with probability proportional to its value (large ranks more often, as in the paper)."""
-    weights = torch.tensor(ranks, dtype=torch.float64)
-    index = torch.multinomial(weights / weights.sum(), 1, generator=generator).item()
-    return int(ranks[index])
+def check_rank(rank: int, hidden_size: int, vocab_size: int) -> None:
+    """Refuse factors of a rank the SVD of a vocab x hidden matrix cannot give (at most min(vocab, hidden))."""
+    if rank > hidden_size:
+        raise ValueError(f"--model.mel.rank ({rank}) exceeds the backbone's hidden size {hidden_size}")
+    if rank > vocab_size:
+        raise ValueError(f"--model.mel.rank ({rank}) exceeds the backbone's vocabulary size {vocab_size}")
 
 
 class FactorizedEmbedding(nn.Module):
@@ -91,8 +97,9 @@ class FactorizedEmbedding(nn.Module):
         """Embed ``input_ids`` [B, T] -> [B, T, hidden] at the active rank."""
         if not bool(self.initialized):
             raise RuntimeError(
-                "MEL is on (--model.mel.enabled=True) but its factors are not initialised: add the callback "
-                "mlembed.callbacks.SVDInit (e.g. --config callbacks/mel.yaml) or load a trained checkpoint"
+                "MEL is on (--model.mel.enabled=True) but its factors are not initialised: initialise them "
+                "with the SVD of the embedding matrix (the mlembed.callbacks.SVDInit callback, which the module adds "
+                "by itself during fit) or load a trained checkpoint"
             )
         k = self.active_rank
         # Each distinct token once: real text repeats its tokens (Zipf), so a batch of 18k tokens holds a few

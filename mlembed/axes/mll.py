@@ -13,7 +13,7 @@ REFERENCE_LAYERS = (1, 2, 4, 8, 16, 24, 32, 40, 48)
 
 @dataclass
 class MLL:
-    """Settings and loss wrapper of the MLL axis (which layers get a loss)."""
+    """Settings of the MLL axis (which layers get a loss); ``bind`` makes its loss."""
 
     enabled: bool = True
     """Switch the axis on or off; off means the last layer only."""
@@ -38,26 +38,44 @@ class MLL:
             return tuple(sorted(set(self.layers)))
         return tuple(sorted({layer for layer in REFERENCE_LAYERS if layer < depth} | {depth}))
 
+    def callbacks(self) -> list:
+        """None needed: every layer trains every step. A ``LayerSchedule`` callback (optional) changes that."""
+        return []
+
+    def bind(self, depth: int) -> MLLLoss:
+        """This axis resolved for a backbone of ``depth`` layers: the loss object training calls."""
+        return MLLLoss(self.resolve(depth))
+
     @staticmethod
-    def combine(
-        per_layer: Mapping[int, torch.Tensor],
-    ) -> torch.Tensor:
+    def combine(per_layer: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """The MLL total: the layer losses averaged over layers (the reference divides by the layer count)."""
         return torch.stack(list(per_layer.values())).sum() / len(per_layer)
+
+
+@dataclass(frozen=True)
+class MLLLoss:
+    """The MLL axis of one model: an inner loss (MRL or the base loss) on each of its layers, averaged."""
+
+    layers: tuple[int, ...]
+    """The layers that get a loss (1-based, ascending); also the depths the trained model serves."""
 
     def __call__(
         self,
         embeddings: Mapping[int, tuple[torch.Tensor, ...]],
         inner: Callable[..., torch.Tensor],
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Apply ``inner`` (MRL or the base loss) to each layer's embeddings and average.
+        """Apply ``inner`` to each layer's embeddings and average.
 
         Args:
-            embeddings: layer -> (query [B, H], positive [B, H], negatives [B, N, H] or None).
+            embeddings: layer -> (query [B, H], positive [B, H], negatives [B, N, H] or None), for this axis's
+                layers or a subset of them (a layer schedule may leave some out of a step).
             inner: the wrapped loss, called as ``inner(*embeddings[layer], layer=layer)``.
 
         Returns:
             The averaged loss and the per-layer losses (for logging).
         """
+        foreign = sorted(set(embeddings) - set(self.layers))
+        if foreign:
+            raise ValueError(f"MLL got embeddings of layers {foreign}, which are not among its layers {self.layers}")
         per_layer = {layer: inner(*embs, layer=layer) for layer, embs in embeddings.items()}
-        return self.combine(per_layer), per_layer
+        return MLL.combine(per_layer), per_layer

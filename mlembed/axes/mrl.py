@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 @dataclass
 class MRL:
-    """Settings and loss wrapper of the MRL axis (which embedding prefixes get a loss, and their weights)."""
+    """Settings of the MRL axis (which embedding prefixes get a loss, and their weights); ``bind`` makes its loss."""
 
     enabled: bool = True
     """Switch the axis on or off; off means the full embedding only (weight 1)."""
@@ -58,23 +58,39 @@ class MRL:
             return dims, tuple(float(weight_of[d]) for d in dims)
         return dims, reference_weights(dims, hidden)
 
+    def callbacks(self) -> list:
+        """None needed: every prefix gets its loss every step."""
+        return []
+
+    def bind(self, hidden: int) -> MRLLoss:
+        """This axis resolved for an embedding of size ``hidden``: the loss object training calls."""
+        dims, weights = self.resolve(hidden)
+        return MRLLoss(dims, weights)
+
+
+@dataclass(frozen=True)
+class MRLLoss:
+    """The MRL axis of one model: the base loss on each L2-normalised prefix, weighted (``MRL.bind``)."""
+
+    dims: tuple[int, ...]
+    """Prefix sizes, largest first."""
+    weights: tuple[float, ...]
+    """One weight per dim (the reference does not normalise them)."""
+
     def __call__(
         self,
         query: torch.Tensor,
         positive: torch.Tensor,
         negatives: torch.Tensor | None,
         *,
-        dims: tuple[int, ...],
-        weights: tuple[float, ...],
         base: Callable[..., dict[str, torch.Tensor]],
         **context,
     ) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]]]:
-        """Weighted sum of ``base`` over L2-normalised prefixes (the reference does not normalise the weights).
+        """Weighted sum of ``base`` over the prefixes of ``dims``.
 
         Args:
             query: [B, H] pooled queries; positive: [B, H]; negatives: [B, N, H] or None.
-            dims, weights: from :meth:`resolve`.
-            base: the base loss, called on each prefix; returns its named terms (summed here).
+            base: the base loss, called on each prefix with ``dim=``; returns its named terms (summed here).
             context: passed through to ``base`` (hashes, teacher, in-batch switch).
 
         Returns:
@@ -82,7 +98,7 @@ class MRL:
         """
         total = query.new_zeros(())
         per_dim = {}
-        for dim, weight in zip(dims, weights):
+        for dim, weight in zip(self.dims, self.weights):
             terms = base(
                 prefix(query, dim), prefix(positive, dim), None if negatives is None else prefix(negatives, dim),
                 dim=dim, **context,

@@ -13,7 +13,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from mlembed.export import MODES, ST_POOLING, Point, directory_bytes, export, resolve_point
+from mlembed.artifact import MODES, Point, check_exportable
+from mlembed.export import directory_bytes, export
 
 Mode = Literal["compat", "efficiency"]
 ARTIFACT_NAME = re.compile(r"^[\w.-]+$")
@@ -116,24 +117,8 @@ class ModelExport(Callback):
 
     def check(self, module: LightningModule) -> Point:
         """The resolved point; raises, naming the init argument, when the module cannot be exported as asked."""
-        factors = module.factorized_embedding
-        if factors is None and self.rank is not None:
-            raise ValueError(f"ModelExport rank ({self.rank}) given, but the model trains with MEL off "
-                             "(--model.mel.enabled=False): leave rank null")
-        if factors is None and "efficiency" in self.modes:
-            raise ValueError("ModelExport mode efficiency needs MEL factors, but the model trains with MEL off: "
-                             "use mode compat")
-        limits = {"rank": (factors.max_rank if factors is not None else None, "--model.mel.rank"),
-                  "depth": (module.backbone.depth, "the backbone's number of layers"),
-                  "dim": (module.backbone.hidden_size, "the backbone's hidden size")}
-        for name, (limit, what) in limits.items():
-            value = getattr(self, name)
-            if value is not None and limit is not None and value > limit:
-                raise ValueError(f"ModelExport {name} ({value}) exceeds {limit} ({what})")
-        if "compat" in self.modes and type(module.pooling) not in ST_POOLING:
-            raise ValueError(f"ModelExport mode compat: pooling {type(module.pooling).__name__} has no "
-                             "sentence-transformers equivalent; use mode efficiency")
-        return resolve_point(module, rank=self.rank, depth=self.depth, dim=self.dim)
+        return check_exportable(module.encoder.shape(), self.modes, rank=self.rank, depth=self.depth, dim=self.dim,
+                                flag=lambda name: f"ModelExport {name}")
 
     def _targets(self, out: Path) -> dict[str, Path]:
         """``{mode: directory}``: ``out`` itself for a single mode, ``out/<mode>`` for a list."""

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from mlembed.callbacks.seeding import step_generator
+
 
 class LayerSchedule(Callback):
     """Sets ``pl_module.active_layers`` every step; validation always uses every MLL layer.
@@ -43,7 +45,7 @@ class LayerSchedule(Callback):
         if self.mode == "deepest_first":
             shown = min(len(others), (step * len(others)) // self.ramp_steps)
             return tuple(others[len(others) - shown :]) + (last,)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        generator = step_generator(self.seed, step)
         picked = torch.randperm(len(others), generator=generator)[: self.num_sampled].tolist()
         return tuple(sorted(others[i] for i in picked)) + (last,)
 

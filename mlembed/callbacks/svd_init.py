@@ -20,7 +20,7 @@ class SVDInit(Callback):
         if stage != "fit" or not getattr(pl_module, "mel", None) or not pl_module.mel.enabled:
             return
         pl_module.configure_model()
-        factors = pl_module.factorized_embedding
+        factors = pl_module.encoder.factorized_embedding
         if factors is None or bool(factors.initialized) or trainer.ckpt_path is not None:
             return
         start = time.perf_counter()

@@ -8,13 +8,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mlembed.text import TextTokenizer, text_hash
+from mlembed.text import DEFAULT_TEMPLATE, TextTokenizer, text_hash
 
 DEFAULT_NEGATIVES = {"retrieval": 7, "clustering": 9, "classification": 1, "sts": 7, "bitext": 7}
 """Hard negatives per query by task, as the reference: 9 for clustering, 1 for classification, and 7 for every
 other source (its retrieval list holds the sts and bitext sources too)."""
-DEFAULT_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
-"""How an instruction is prepended to a query."""
 
 
 def sample_length(sample: dict) -> int:

@@ -8,11 +8,11 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from mlembed.batch import TASKS
-from mlembed.data.batching import DEFAULT_NEGATIVES, DEFAULT_TEMPLATE, Collator
+from mlembed.data.batching import DEFAULT_NEGATIVES, Collator
 from mlembed.data.loader import ResumableLoader
 from mlembed.data.sources import resolve_sources
 from mlembed.data.stream import EpochStream, StagePlan, TrainStream
-from mlembed.text import TextTokenizer
+from mlembed.text import DEFAULT_TEMPLATE, TextTokenizer
 
 
 @dataclass
@@ -97,7 +97,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def __init__(self, stage1: StageSettings, stage2: StageSettings | None = None,
                  loader: LoaderSettings | None = None, tokenizer: TextTokenizer | None = None,
-                 build_demo: str | None = None):
+                 build_demo: str | None = None, instruction_template: str = DEFAULT_TEMPLATE):
         """Args:
             stage1: The retrieval pre-heat stage.
             stage2: The multi-task stage with instructions (optional).
@@ -105,6 +105,9 @@ class ShardDataModule(L.LightningDataModule):
             tokenizer: The model's tokenizer (the CLI links it from the model; tests pass one).
             build_demo: Build the embedded demo data (``mlembed.data.demo``) into this directory before
                 training when it is not complete there yet (configs/demo.yaml: ``data/demo``).
+            instruction_template: How an instruction goes before a query in tasks without their own template in
+                ``templates``. The CLI links it from the model's, so training formats queries exactly as the
+                trained model's ``embed(instruction=...)`` does.
         """
         super().__init__()
         self.build_demo = build_demo
@@ -115,6 +118,7 @@ class ShardDataModule(L.LightningDataModule):
         self.save_hyperparameters({"stage1": asdict(stage1), "stage2": None if stage2 is None else asdict(stage2),
                                    "loader": asdict(self.loader), "build_demo": build_demo})
         self.tokenizer = tokenizer
+        self.instruction_template = instruction_template
         self.stage1.check("--data.stage1")
         if self.stage2 is not None:
             self.stage2.check("--data.stage2")
@@ -148,7 +152,7 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError("ShardDataModule has no tokenizer: link it from the model (--data.tokenizer)")
         return Collator(
             self.tokenizer, stage=number, instructions=settings.instructions,
-            templates={t: settings.templates.get(t, DEFAULT_TEMPLATE) for t in TASKS},
+            templates={t: settings.templates.get(t, self.instruction_template) for t in TASKS},
             num_negatives={**DEFAULT_NEGATIVES, **settings.num_negatives},
         )
 

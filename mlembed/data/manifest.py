@@ -30,7 +30,7 @@ class ShardInfo:
 
 
 @dataclass
-class Manifest:
+class ShardManifest:
     """Everything the loader needs to know about a directory of shards without opening them."""
 
     shards: list[ShardInfo] = field(default_factory=list)
@@ -75,7 +75,7 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> Manifest:
+    def load(cls, directory: str | Path) -> ShardManifest:
         """Read ``directory/manifest.json``."""
         path = Path(directory) / MANIFEST_NAME
         if not path.exists():

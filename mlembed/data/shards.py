@@ -26,8 +26,9 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from mlembed.data.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from mlembed.data.manifest import MANIFEST_NAME, ShardInfo, ShardManifest
 from mlembed.data.records import Record, RecordError, has_records, read_records
+from mlembed.paths import replace_directory
 
 PARTIAL = ".partial"
 """Suffix of a shard still being written."""
@@ -40,7 +41,7 @@ STAGING = ".staging"
 class _SourceWriter:
     """A ``wds.ShardWriter`` for one source that renames each shard when it is closed and records it."""
 
-    def __init__(self, directory: Path, source: str, task: str, shard_size: int, manifest: Manifest):
+    def __init__(self, directory: Path, source: str, task: str, shard_size: int, manifest: ShardManifest):
         self.directory, self.source, self.task, self.manifest = directory, source, task, manifest
         self.counts: dict[str, int] = {}
         # Imported here: webdataset imports torch (~250 MB, seconds), which a parent that only hands sources to
@@ -97,34 +98,19 @@ def _is_shard_file(path: Path) -> bool:
 
 
 def _swap_in(staging: Path, output: Path) -> None:
-    """Replace ``output`` by the finished ``staging`` directory; ``output``'s other files (not shards) stay.
-
-    Each step is a rename, so at any moment either the old or the new build is complete on disk: ``output``
-    is set aside, the new build takes its name, the old directory's other files move over, and only then is
-    the old build deleted.
-    """
+    """Replace ``output`` by the finished ``staging`` build; ``output``'s other files (not shards) stay."""
     shutil.copymode(output, staging)  # mkdtemp makes it private; keep the permissions the output had
-    old = staging.with_name(staging.name + ".old")
-    os.replace(output, old)
-    try:
-        os.replace(staging, output)
-    except BaseException:
-        os.replace(old, output)
-        raise
-    for path in old.iterdir():
-        if not _is_shard_file(path):
-            os.replace(path, output / path.name)
-    shutil.rmtree(old)
+    replace_directory(staging, output, keep=lambda path: not _is_shard_file(path))
 
 
 def write_records(records: Iterable[Record], output: str | Path, shard_size: int = 10_000,
-                  overwrite: bool = False) -> Manifest:
+                  overwrite: bool = False) -> ShardManifest:
     """Write already validated records (used by the demo builder); see ``write_shards`` for files."""
     return _write(((0, r) for r in records), output, shard_size, overwrite, skip_invalid=False, total=None)
 
 
 def write_shards(inputs: list[str | Path], output: str | Path, shard_size: int = 10_000,
-                 skip_invalid: bool = False, overwrite: bool = False) -> Manifest:
+                 skip_invalid: bool = False, overwrite: bool = False) -> ShardManifest:
     """Turn JSONL / parquet files into shards in ``output`` and write its manifest.
 
     Args:
@@ -150,11 +136,11 @@ def write_shards(inputs: list[str | Path], output: str | Path, shard_size: int =
     return _write(stream, output, shard_size, overwrite, skip_invalid, total=None)
 
 
-def _write(stream, output, shard_size: int, overwrite: bool, skip_invalid: bool, total) -> Manifest:
+def _write(stream, output, shard_size: int, overwrite: bool, skip_invalid: bool, total) -> ShardManifest:
     return _build(output, overwrite, lambda directory: _fill(directory, stream, shard_size, skip_invalid, total))
 
 
-def _build(output, overwrite: bool, fill: Callable[[Path], Manifest]) -> Manifest:
+def _build(output, overwrite: bool, fill: Callable[[Path], ShardManifest]) -> ShardManifest:
     """Run ``fill`` (shards, then the manifest) into ``output``, or into a staging directory swapped in after."""
     directory = prepare_output(output, overwrite)
     if directory == Path(output):  # a new or empty output: nothing earlier to keep
@@ -168,9 +154,9 @@ def _build(output, overwrite: bool, fill: Callable[[Path], Manifest]) -> Manifes
     return manifest
 
 
-def _fill(directory: Path, stream, shard_size: int, skip_invalid: bool, total) -> Manifest:
+def _fill(directory: Path, stream, shard_size: int, skip_invalid: bool, total) -> ShardManifest:
     """Write the records of ``stream`` as shards into ``directory``, then its manifest."""
-    manifest = Manifest()
+    manifest = ShardManifest()
     writers: dict[str, _SourceWriter] = {}
     try:
         for _, item in tqdm(stream, desc="writing shards", unit=" rec", total=total, disable=None):
@@ -214,7 +200,7 @@ class SourceJob(Protocol):
 
 
 def write_sources(jobs: Sequence[SourceJob], output: str | Path, shard_size: int = 10_000,
-                  skip_invalid: bool = False, overwrite: bool = False, workers: int = 1) -> Manifest:
+                  skip_invalid: bool = False, overwrite: bool = False, workers: int = 1) -> ShardManifest:
     """Write every job's source into its own shards in ``output``, ``workers`` sources at a time, then the manifest.
 
     Each job is written by one process (with ``workers > 1``, a pool of fresh ``spawn`` processes), into the same
@@ -245,13 +231,13 @@ PROGRESS_EVERY = 1024
 
 
 def _fill_sources(directory: Path, jobs: list[SourceJob], shard_size: int, skip_invalid: bool,
-                  workers: int) -> Manifest:
+                  workers: int) -> ShardManifest:
     with tqdm(total=sum(job.rows for job in jobs), desc="writing shards", unit=" rec", disable=None) as bar:
         if workers == 1 or len(jobs) <= 1:
             parts = [_write_source(directory, job, shard_size, skip_invalid, bar.update) for job in jobs]
         else:
             parts = _write_in_pool(directory, jobs, shard_size, skip_invalid, min(workers, len(jobs)), bar)
-    manifest = Manifest()
+    manifest = ShardManifest()
     for part in parts:  # in job order, so the manifest does not depend on which worker finished first
         manifest.shards.extend(part.shards)
         manifest.invalid += part.invalid
@@ -265,9 +251,9 @@ def _fill_sources(directory: Path, jobs: list[SourceJob], shard_size: int, skip_
 
 
 def _write_source(directory: Path, job: SourceJob, shard_size: int, skip_invalid: bool,
-                  progress: Callable[[int], object]) -> Manifest:
+                  progress: Callable[[int], object]) -> ShardManifest:
     """Write one source's shards into ``directory``; return its part of the manifest (not saved)."""
-    manifest = Manifest()
+    manifest = ShardManifest()
     writer: _SourceWriter | None = None
     done = 0
     try:
@@ -337,7 +323,7 @@ def _report(count: int) -> None:
     _worker_state["progress"].put(count)
 
 
-def _run_job(directory: Path, job: SourceJob, shard_size: int, skip_invalid: bool) -> Manifest:
+def _run_job(directory: Path, job: SourceJob, shard_size: int, skip_invalid: bool) -> ShardManifest:
     _worker_state["busy"] = True
     try:
         return _write_source(directory, job, shard_size, skip_invalid, _report)
@@ -348,7 +334,7 @@ def _run_job(directory: Path, job: SourceJob, shard_size: int, skip_invalid: boo
 
 
 def _write_in_pool(directory: Path, jobs: list[SourceJob], shard_size: int, skip_invalid: bool, workers: int,
-                   bar) -> list[Manifest]:
+                   bar) -> list[ShardManifest]:
     """``_write_source`` of every job in a pool of ``workers`` processes; the parts in job order.
 
     ``spawn`` rather than ``fork``: the parent may hold pyarrow's threads, which a fork copies in whatever state
@@ -395,14 +381,14 @@ def _drain(progress, bar, timeout: float) -> None:
         pass
 
 
-def _count_invalid(manifest: Manifest, err: RecordError) -> None:
+def _count_invalid(manifest: ShardManifest, err: RecordError) -> None:
     manifest.invalid += 1
     manifest.invalid_reasons[err.reason] = manifest.invalid_reasons.get(err.reason, 0) + 1
     if len(manifest.invalid_examples) < MAX_EXAMPLES:
         manifest.invalid_examples.append(str(err))
 
 
-def summary(manifest: Manifest) -> str:
+def summary(manifest: ShardManifest) -> str:
     """A short human-readable summary of a finished build."""
     lines = [f"{len(manifest.shards)} shards, {sum(s.samples for s in manifest.shards)} samples"]
     for source, entry in sorted(manifest.sources().items()):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from webdataset.shardlists import expand_urls
 
-from mlembed.data.manifest import MANIFEST_NAME, Manifest
+from mlembed.data.manifest import MANIFEST_NAME, ShardManifest
 
 _SHARD_NAME = re.compile(r"^(?P<source>.+)-\d+\.tar$")
 
@@ -86,7 +86,7 @@ def _expand(spec: str, flag: str):
     if path.is_dir():
         if not (path / MANIFEST_NAME).exists():
             raise FileNotFoundError(f"{flag}.shards: {path} has no {MANIFEST_NAME} (unfinished shard build?)")
-        for name, entry in Manifest.load(path).sources().items():
+        for name, entry in ShardManifest.load(path).sources().items():
             yield name, [str(path / p) for p in entry["shards"]], entry["samples"]
         return
     grouped: dict[str, list[str]] = {}

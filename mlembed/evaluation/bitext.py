@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mlembed.encoder import Encoder, truncate_normalize
+from mlembed.encoder import PointEncoder, truncate_normalize
 from mlembed.evaluation.embedding import embed_once, unique_index
 from mlembed.evaluation.task import Scores
 
@@ -51,7 +51,7 @@ class BitextTask:
         return len(unique_index([*self.src, *self.tgt])[0])
 
     def evaluate(
-        self, encoder: Encoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
+        self, encoder: PointEncoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
     ) -> Scores:
         """Mining accuracy per language and direction, for every dim prefix."""
         n = len(self.src)

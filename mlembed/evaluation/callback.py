@@ -8,19 +8,23 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from mlembed.encoder import Encoder
+from mlembed.artifact import PointGrid
+from mlembed.encoder import PointEncoder
 from mlembed.evaluation.comparison import compare
-from mlembed.evaluation.grid import run_grid
+from mlembed.evaluation.grid import evaluate_grid, run_grid
 from mlembed.evaluation.plots import write_arm_plots
 from mlembed.evaluation.result import GridResult
+from mlembed.evaluation.spread import SpreadEncoder, count_parameters
 from mlembed.evaluation.suite import DEFAULT_TASKS, EvalCaps, build_tasks
 from mlembed.evaluation.task import Task
 
 
 class GridEvaluation(Callback):
-    """Scores the LightningModule (which must implement ``mlembed.encoder.Encoder``) on the whole grid.
+    """Scores the LightningModule's ``encoder`` (an ``mlembed.encoder.PointEncoder``) on the whole grid.
 
-    Runs on global rank 0 only, in eval mode without autograd (train mode is restored). Files go to
+    Runs in eval mode without autograd (train mode is restored). With several processes (DDP, FSDP) every
+    process takes part: the texts are split among them and the vectors gathered (mlembed.evaluation.spread),
+    so the scores equal one process's; only global rank 0 writes files and logs. Files go to
     ``OUT/grid.{csv,md}`` and ``OUT/*.png`` after fit, ``OUT/baseline/`` for the starting model,
     ``OUT/step_<N>/`` for periodic runs, and ``OUT/comparison.{csv,md}`` when a baseline was taken.
 
@@ -78,15 +82,25 @@ class GridEvaluation(Callback):
         """``baseline``, ``step_<N>`` and ``final`` results of this fit."""
         self._tasks: list[Task] | None = None
         self._last_step = -1
+        self._parameters: dict | None = None
+        """(rank, depth) -> parameter count, taken before wrapping when there are several processes."""
         self._out = Path(out_dir or "grid")  # set from the trainer in setup
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Fail before training, not after it.
-        if stage == "fit" and not isinstance(pl_module, Encoder):
-            raise TypeError(f"GridEvaluation needs a LightningModule with points(), embed() and num_parameters() "
-                            f"(mlembed.encoder.Encoder); {type(pl_module).__name__} lacks them")
+        if stage == "fit" and not isinstance(getattr(pl_module, "encoder", None), PointEncoder):
+            raise TypeError(f"GridEvaluation needs a LightningModule whose ``encoder`` has points(), embed() and "
+                            f"num_parameters() (mlembed.encoder.PointEncoder); {type(pl_module).__name__} lacks it")
         # trainer.log_dir broadcasts from rank 0: every rank must ask, here, not only rank 0 in _run (a hang).
         self._out = self.output_dir(trainer)
+        if stage == "fit" and trainer.world_size > 1:
+            # Counted now, before the strategy wraps (and, under FSDP, shards) the weights.
+            pl_module.configure_model()
+            encoder = pl_module.encoder
+            trained = encoder.points()
+            grid = PointGrid(ranks=tuple(self.grid_args["ranks"] or trained.ranks),
+                             depths=tuple(self.grid_args["depths"] or trained.depths), dims=trained.dims)
+            self._parameters = count_parameters(encoder, grid)
         if stage == "fit" and self.control and trainer.world_size > 1:
             raise ValueError("GridEvaluation control=true trains its control arm on one device; run on one device "
                              "or set control=false")
@@ -124,16 +138,35 @@ class GridEvaluation(Callback):
         return Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "grid"
 
     def _run(self, name: str, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
         if self._tasks is None:
             self._tasks = build_tasks(self.task_specs, data_dir=self.data_dir, caps=self.caps,
                                       batch_size=self.batch_size, instructions=self.instructions)
+        encoder = self._encoder(trainer, pl_module)
+        if not trainer.is_global_zero:  # the same calls as rank 0 (its share of every forward), no files
+            self.results[name] = evaluate_grid(encoder, self._tasks, progress=False, **self.grid_args)
+            return
         out = self._out if name == "final" else self._out / name
         loggers = trainer.loggers if self.log and trainer.loggers else None
-        result = run_grid(pl_module, self._tasks, out, logger=loggers, step=trainer.global_step, plots=self.plots,
+        result = run_grid(encoder, self._tasks, out, logger=loggers, step=trainer.global_step, plots=self.plots,
                           prefix="grid" if name == "final" else f"grid_{name.split('_')[0]}", **self.grid_args)
         self.results[name] = result
         best = max(result.points(), key=lambda p: p.score)
         rank_zero_info(f"GridEvaluation[{name}]: {len(result.points())} points in {result.seconds:.1f} s, "
                        f"best {best.label()} score {best.score:.4f}; files in {out}")
+
+    def _encoder(self, trainer: Trainer, pl_module: LightningModule):
+        """What to score: the module's encoder, spread over the processes when there are several."""
+        if trainer.world_size == 1:
+            return pl_module.encoder
+        strategy = trainer.strategy
+        sharded = trainer.model if trainer.model is not pl_module else None  # FSDP root: its forward gathers
+        return SpreadEncoder(pl_module.encoder, world_size=trainer.world_size, process_index=trainer.global_rank,
+                             all_gather=strategy.all_gather, device=pl_module.encoder.device,
+                             forward=sharded if _is_fsdp(sharded) else None,
+                             parameters=self._parameters)
+
+
+def _is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)

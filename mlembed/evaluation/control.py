@@ -32,14 +32,14 @@ def truncatable(plain: EmbeddingModule, like: EmbeddingModule) -> EmbeddingModul
     """
     out = _rebuild(like, mel=like.mel, mll=like.mll, mrl=like.mrl)
     out.configure_model()
-    weights = plain.backbone.model.state_dict()
-    factors = out.factorized_embedding
+    weights = plain.encoder.backbone.model.state_dict()
+    factors = out.encoder.factorized_embedding
     if factors is None:
-        out.backbone.model.load_state_dict(weights)
+        out.encoder.backbone.model.load_state_dict(weights)
         return out
-    matrix = plain.backbone.model.get_input_embeddings().weight.detach()
+    matrix = plain.encoder.backbone.model.get_input_embeddings().weight.detach()
     embedding_keys = {key for key, value in weights.items() if value is matrix or value.data_ptr() == matrix.data_ptr()}
-    missing, unexpected = out.backbone.model.load_state_dict(
+    missing, unexpected = out.encoder.backbone.model.load_state_dict(
         {k: v for k, v in weights.items() if k not in embedding_keys}, strict=False)
     if set(unexpected) or any(not key.endswith((".A", ".B", ".initialized")) for key in missing):
         raise RuntimeError(f"control arm: the weights do not fit the factorised model ({missing}, {unexpected})")
@@ -81,8 +81,8 @@ def _rebuild(module: EmbeddingModule, *, mel, mll, mrl) -> EmbeddingModule:
     # The control arm is a plain contrastive fine-tune: no teacher of any kind.
     loss = dataclasses.replace(module.loss_fn, kd_weight=0.0, kd_similarity_weight=0.0, kd_teacher="self")
     return EmbeddingModule(
-        module.backbone_config, pooling=copy.deepcopy(module.pooling), mel=mel, mll=mll, mrl=mrl,
+        module.encoder.backbone_config, pooling=copy.deepcopy(module.encoder.pooling), mel=mel, mll=mll, mrl=mrl,
         loss=loss, optimizer=module.optimizer_config,
-        instruction_template=module.instruction_template, on_nonfinite=module.on_nonfinite,
+        instruction_template=module.encoder.instruction_template, on_nonfinite=module.on_nonfinite,
         grad_cache=module.grad_cache,
     )

@@ -22,7 +22,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from mlembed.evaluation.readers import DataFormatError, parse_float, parse_text, read_records
+from mlembed.data.records import RecordError
+from mlembed.evaluation.readers import parse_float, parse_text, read_rows
 from mlembed.evaluation.retrieval import RetrievalSet
 from mlembed.paths import resolve_path
 
@@ -116,7 +117,7 @@ def read_sphinx_bitext() -> list[dict]:
 def read_sts(path: str | Path) -> tuple[list[str], list[str], list[float]]:
     """``(text1, text2, scores)`` of an STS file (JSONL or TSV)."""
     text1, text2, scores = [], [], []
-    for number, row in read_records(path, ("text1", "text2", "score")):
+    for number, row in read_rows(path, ("text1", "text2", "score")):
         text1.append(parse_text(row["text1"], path, number, "text1"))
         text2.append(parse_text(row["text2"], path, number, "text2"))
         scores.append(parse_float(row["score"], path, number, "score"))
@@ -136,7 +137,7 @@ def read_pairs(path: str | Path) -> list[dict]:
 def _text_rows(path: str | Path, fields: tuple[str, str]) -> list[dict]:
     """Rows ``{"id", "lang", *fields}``: two required texts, an optional language (default DEFAULT_LANG)."""
     rows = []
-    for number, row in read_records(path, (*fields, "lang"), optional=1):
+    for number, row in read_rows(path, (*fields, "lang"), optional=1):
         rows.append({
             "id": str(row.get("id", number)),
             "lang": parse_text(row.get("lang", DEFAULT_LANG), path, number, "lang"),
@@ -182,10 +183,10 @@ def _find(directory: Path, stem: str) -> Path:
 
 def _read_texts(path: Path) -> dict[str, str]:
     texts = {}
-    for number, row in read_records(path, ("id", "text") if path.suffix == ".tsv" else ("text",)):
+    for number, row in read_rows(path, ("id", "text") if path.suffix == ".tsv" else ("text",)):
         key = row.get("_id", row.get("id"))
         if key is None:
-            raise DataFormatError(f"{path}:{number}: missing key '_id' (or 'id')")
+            raise RecordError(str(path), number, "missing key '_id' (or 'id')")
         text = parse_text(row["text"], path, number, "text")
         title = row.get("title")
         texts[str(key)] = f"{title}. {text}" if isinstance(title, str) and title.strip() else text
@@ -194,6 +195,6 @@ def _read_texts(path: Path) -> dict[str, str]:
 
 def _read_qrels(path: Path) -> dict[str, dict[str, float]]:
     qrels: dict[str, dict[str, float]] = defaultdict(dict)
-    for number, row in read_records(path, ("query-id", "corpus-id", "score")):
+    for number, row in read_rows(path, ("query-id", "corpus-id", "score")):
         qrels[str(row["query-id"])][str(row["corpus-id"])] = parse_float(row["score"], path, number, "score")
     return dict(qrels)

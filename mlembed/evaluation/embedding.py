@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mlembed.encoder import Encoder
+from mlembed.encoder import PointEncoder
 
 
 def unique_index(texts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
@@ -17,7 +17,7 @@ def unique_index(texts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
 
 
 def embed_once(
-    encoder: Encoder,
+    encoder: PointEncoder,
     texts: Sequence[str],
     *,
     rank: int | None,

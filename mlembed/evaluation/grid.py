@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mlembed.encoder import Encoder
+from mlembed.encoder import PointEncoder
 from mlembed.evaluation.result import GridResult, GridRow
 from mlembed.evaluation.shared_depths import share_depths
 from mlembed.evaluation.task import Task
 
 
 def evaluate_grid(
-    encoder: Encoder,
+    encoder: PointEncoder,
     tasks: Sequence[Task],
     *,
     ranks: Sequence[int | None] | None = None,
@@ -66,7 +66,7 @@ def evaluate_grid(
 
 
 def run_grid(
-    encoder: Encoder,
+    encoder: PointEncoder,
     tasks: Sequence[Task],
     out_dir: str | Path,
     *,
@@ -105,7 +105,7 @@ def run_grid(
 
 
 @contextlib.contextmanager
-def eval_mode(encoder: Encoder) -> Iterator[None]:
+def eval_mode(encoder: PointEncoder) -> Iterator[None]:
     """Eval mode and no autograd while evaluating; the module's train/eval mode is restored after."""
     module = encoder if isinstance(encoder, torch.nn.Module) else None
     was_training = module.training if module is not None else False
@@ -119,6 +119,6 @@ def eval_mode(encoder: Encoder) -> Iterator[None]:
             module.train(was_training)
 
 
-def _full_width(encoder: Encoder, rank: int | None, depth: int | None) -> int:
+def _full_width(encoder: PointEncoder, rank: int | None, depth: int | None) -> int:
     """The hidden size (for ``bytes_per_vector`` when no dim prefix is asked for)."""
     return int(encoder.embed(["."], rank=rank, depth=depth, batch_size=1).shape[-1])

@@ -1,4 +1,5 @@
-"""Line readers for evaluation data (JSONL and TSV) whose errors name the file and the line."""
+"""Line readers for evaluation data (JSONL and TSV); a bad line raises ``RecordError`` (file and line), the
+same error as a bad training record."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-
-class DataFormatError(ValueError):
-    """A malformed line in an evaluation file; the message starts with ``path:line:``."""
+from mlembed.data.records import RecordError
 
 
 def read_jsonl(path: str | Path, required: Sequence[str]) -> Iterator[tuple[int, dict]]:
@@ -19,7 +18,7 @@ def read_jsonl(path: str | Path, required: Sequence[str]) -> Iterator[tuple[int,
         required: keys every object must have.
 
     Raises:
-        DataFormatError: a line is not a JSON object or lacks a required key.
+        RecordError: a line is not a JSON object or lacks a required key.
     """
     path = Path(path)
     with path.open(encoding="utf-8") as handle:
@@ -29,12 +28,12 @@ def read_jsonl(path: str | Path, required: Sequence[str]) -> Iterator[tuple[int,
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                raise RecordError(str(path), number, f"not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
-                raise DataFormatError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                raise RecordError(str(path), number, f"expected a JSON object, got {type(row).__name__}")
             missing = [key for key in required if key not in row]
             if missing:
-                raise DataFormatError(f"{path}:{number}: missing key(s) {missing}; required {list(required)}")
+                raise RecordError(str(path), number, f"missing key(s) {missing}; required {list(required)}")
             yield number, row
 
 
@@ -49,7 +48,7 @@ def read_tsv(path: str | Path, columns: Sequence[str], optional: int = 0) -> Ite
         optional: how many trailing columns may be absent (they are then missing from the dict).
 
     Raises:
-        DataFormatError: a line has too few or too many fields.
+        RecordError: a line has too few or too many fields.
     """
     path = Path(path)
     fewest = len(columns) - optional
@@ -62,14 +61,13 @@ def read_tsv(path: str | Path, columns: Sequence[str], optional: int = 0) -> Ite
             if number == 1 and [f.strip().lower() for f in fields] == [c.lower() for c in columns[: len(fields)]]:
                 continue
             if not fewest <= len(fields) <= len(columns):
-                raise DataFormatError(
-                    f"{path}:{number}: expected {fewest if optional == 0 else f'{fewest} to {len(columns)}'} "
-                    f"tab-separated fields ({', '.join(columns)}), got {len(fields)}"
-                )
+                counts = fewest if optional == 0 else f"{fewest} to {len(columns)}"
+                raise RecordError(str(path), number, f"expected {counts} tab-separated fields "
+                                                     f"({', '.join(columns)}), got {len(fields)}")
             yield number, dict(zip(columns, fields))
 
 
-def read_records(path: str | Path, columns: Sequence[str], optional: int = 0) -> Iterator[tuple[int, dict]]:
+def read_rows(path: str | Path, columns: Sequence[str], optional: int = 0) -> Iterator[tuple[int, dict]]:
     """Read a ``.jsonl``/``.json`` file as JSONL and anything else (``.tsv``, ``.txt``) as TSV."""
     path = Path(path)
     if not path.is_file():
@@ -80,15 +78,15 @@ def read_records(path: str | Path, columns: Sequence[str], optional: int = 0) ->
 
 
 def parse_float(value, path: str | Path, number: int, key: str) -> float:
-    """``float(value)`` or a DataFormatError naming the file, line and key."""
+    """``float(value)`` or a RecordError naming the file, line and key."""
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise DataFormatError(f"{path}:{number}: {key} must be a number, got {value!r}") from None
+        raise RecordError(str(path), number, f"{key} must be a number, got {value!r}") from None
 
 
 def parse_text(value, path: str | Path, number: int, key: str) -> str:
-    """``value`` if it is a non-empty string, else a DataFormatError naming the file, line and key."""
+    """``value`` if it is a non-empty string, else a RecordError naming the file, line and key."""
     if not isinstance(value, str) or not value.strip():
-        raise DataFormatError(f"{path}:{number}: {key} must be a non-empty string, got {value!r}")
+        raise RecordError(str(path), number, f"{key} must be a non-empty string, got {value!r}")
     return value

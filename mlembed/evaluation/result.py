@@ -7,8 +7,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-Point = tuple[int | None, int | None, int | None]
-"""(rank, depth, dim); None is the full value of that axis (e.g. MEL off)."""
+from mlembed.artifact import Point
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class PointScore:
 
     @property
     def point(self) -> Point:
-        return (self.rank, self.depth, self.dim)
+        return Point(self.rank, self.depth, self.dim)
 
     def label(self) -> str:
         """``r64 l2 d128`` (``r-`` when MEL is off)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mlembed.encoder import Encoder, truncate_normalize
+from mlembed.encoder import PointEncoder, truncate_normalize
 from mlembed.evaluation.embedding import embed_once, unique_index
 from mlembed.evaluation.ranking import ranking_metrics
 from mlembed.evaluation.task import Scores
@@ -71,7 +71,7 @@ class RetrievalTask:
         return len(self._queries) + len(unique_index(docs)[0])
 
     def evaluate(
-        self, encoder: Encoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
+        self, encoder: PointEncoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
     ) -> Scores:
         """Metrics of every dim prefix; queries and documents are each embedded once at (rank, depth)."""
         kw = {"rank": rank, "depth": depth, "batch_size": self.batch_size}

@@ -4,17 +4,24 @@ Examples::
 
     python -m mlembed evaluate --model runs/last.ckpt --data-dir data/demo --grid --budget-bytes 256
     python -m mlembed evaluate --model export/ --tasks lee sts:my_pairs.tsv --out eval/
+    python -m mlembed evaluate --model export/ --mteb STS12 NFCorpus --rank 128 --depth 14 --dim 256 --out mteb/
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import re
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mlembed.evaluation.budget import best_within_budget, describe_pick
-from mlembed.evaluation.grid import run_grid
+from mlembed.evaluation.grid import evaluate_grid, run_grid
 from mlembed.evaluation.result import axis_order
+from mlembed.evaluation.spread import SpreadEncoder, torch_distributed_group
 from mlembed.evaluation.suite import DEFAULT_TASKS, EvalCaps, build_tasks
 
 
@@ -47,12 +54,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-instructions", action="store_true", help="no instruction before dialogue queries")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:1...)")
+    mteb = p.add_argument_group("MTEB", "score one point on tasks of the installed mteb package (its data comes "
+                                        "from the Hugging Face hub); results go under OUT/results as mteb writes them")
+    mteb.add_argument("--mteb", nargs="+", metavar="TASK", help="mteb task names (STS12, NFCorpus, ...)")
+    mteb.add_argument("--rank", type=int, help="MEL rank of the point (default: the model's)")
+    mteb.add_argument("--depth", type=int, help="depth of the point (default: the model's)")
+    mteb.add_argument("--dim", type=int, help="embedding size of the point (default: the model's)")
+    mteb.add_argument("--instructions", help="YAML or JSON file of task name -> instruction (before queries and "
+                                             "symmetric texts, never before documents)")
+    mteb.add_argument("--instruction", help="instruction of the tasks not in --instructions")
+    mteb.add_argument("--name", help="ORG/NAME of the model in mteb's results (default: mlembed/<model file name>)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the evaluation; 0 on success, 1 when a budget was given and no point fits it."""
+def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
+    """Run the evaluation; 0 on success, 1 when a budget was given and no point fits it, 2 on a usage error.
+
+    Args:
+        argv: the flags (``sys.argv[1:]`` when None).
+        local_tasks: mteb task objects that ``--mteb`` may name besides mteb's own (tasks built from local data).
+    """
     args = parser().parse_args(argv)
+    point_flags = [f"--{axis}" for axis in ("rank", "depth", "dim") if getattr(args, axis) is not None]
+    if args.mteb:
+        if args.grid or args.budget_params is not None or args.budget_bytes is not None:
+            return _error("--mteb scores one point: drop --grid/--budget-*, choose it with --rank/--depth/--dim")
+        return evaluate_mteb(args, local_tasks)
+    if point_flags:
+        return _error(f"{'/'.join(point_flags)} choose the point of --mteb; the grid takes --ranks/--depths/--dims")
     import mlembed  # mlembed.load imports the model code on first use
 
     caps = EvalCaps(
@@ -65,9 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     tasks = build_tasks(args.tasks, data_dir=args.data_dir, caps=caps, batch_size=args.batch_size,
                         instructions=not args.no_instructions)
-    encoder = mlembed.load(args.model, device=args.device)
+    group = torch_distributed_group(args.device)  # under torchrun: every process embeds a share of the texts
+    device = args.device if group is None else group[3]
+    encoder = mlembed.load(args.model, device=device)
     budget = args.budget_params is not None or args.budget_bytes is not None
     axes = _axes(encoder, args, whole_grid=args.grid or budget)
+    if group is not None:
+        world, index, all_gather, _ = group
+        encoder = SpreadEncoder(encoder, world_size=world, process_index=index, all_gather=all_gather, device=device)
+        if index != 0:  # the same calls as process 0, which alone writes and prints
+            evaluate_grid(encoder, tasks, progress=False, bytes_per_float=args.bytes_per_float, **axes)
+            return 0
     result = run_grid(encoder, tasks, args.out, plots=not args.no_plots, bytes_per_float=args.bytes_per_float, **axes)
     print(result.to_markdown())
     print(f"{len(result.points())} points in {result.seconds:.1f} s; files in {Path(args.out).resolve()}")
@@ -76,6 +113,82 @@ def main(argv: list[str] | None = None) -> int:
     pick = best_within_budget(result.points(), budget_params=args.budget_params, budget_bytes=args.budget_bytes)
     print(describe_pick(pick, budget_params=args.budget_params, budget_bytes=args.budget_bytes))
     return 0 if pick is not None else 1
+
+
+def evaluate_mteb(args: argparse.Namespace, local_tasks: Sequence[Any] = ()) -> int:
+    """Score the point (--rank, --depth, --dim) of --model on the --mteb tasks with mteb's own evaluation."""
+    try:
+        import mteb
+    except ImportError:
+        return _error("--mteb needs the mteb package: pip install mteb")
+
+    tasks = resolve_mteb_tasks(args.mteb, local_tasks)
+    if isinstance(tasks, str):
+        return _error(tasks)
+    import mlembed
+    from mlembed.evaluation.mteb_adapter import MTEBEncoder
+
+    instructions = _read_mapping(args.instructions) if args.instructions else {}
+    encoder = mlembed.load(args.model, rank=args.rank, depth=args.depth, dim=args.dim, device=args.device)
+    model = MTEBEncoder(encoder, instructions=instructions, default_instruction=args.instruction,
+                        batch_size=args.batch_size, name=args.name or f"mlembed/{Path(args.model).resolve().name}",
+                        revision=model_revision(args.model))
+    cache = mteb.ResultCache(cache_path=args.out)
+    results = mteb.evaluate(model, tasks, cache=cache, encode_kwargs={"batch_size": args.batch_size},
+                            show_progress_bar=False)
+    point = model.point()
+    print(f"mteb {mteb.__version__}, {model.name} (revision {model.revision}) at rank={point['rank']} "
+          f"depth={point['depth']} dim={point['dim']}")
+    for result in results.task_results:
+        task = next(t for t in tasks if t.metadata.name == result.task_name)
+        print(f"{result.task_name}: {task.metadata.main_score} = {result.get_score():.4f}  "
+              f"({cache.get_task_result_path(result.task_name, model.mteb_model_meta)})")
+    return 0
+
+
+def resolve_mteb_tasks(names: Sequence[str], local_tasks: Sequence[Any] = ()) -> list[Any] | str:
+    """The mteb task objects named (``local_tasks`` first, then mteb's registry), or the error line."""
+    import mteb
+
+    local = {task.metadata.name: task for task in local_tasks}
+    tasks = []
+    for name in names:
+        if name in local:
+            tasks.append(local[name])
+            continue
+        try:
+            tasks.append(mteb.get_task(name))
+        except KeyError as err:
+            hint = re.search(r"Did you mean: '([^']+)'", str(err))
+            return (f"--mteb: mteb {mteb.__version__} has no task {name!r}"
+                    + (f" (did you mean {hint[1]!r}?)" if hint else ""))
+    return tasks
+
+
+def model_revision(path: str | Path) -> str:
+    """A short hash of the model's files (path, size, modification time): mteb reuses results per revision."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def _read_mapping(path: str) -> dict[str, str]:
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if Path(path).suffix != ".json" else \
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, Mapping) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f"--instructions {path}: expected lines 'TaskName: instruction'")
+    return {str(k): v for k, v in data.items()}
+
+
+def _error(message: str) -> int:
+    print(f"mlembed evaluate: error: {message}", file=sys.stderr)
+    return 2
 
 
 def _axes(encoder, args: argparse.Namespace, *, whole_grid: bool) -> dict[str, list]:

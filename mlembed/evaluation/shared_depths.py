@@ -1,6 +1,6 @@
 """One forward pass for every depth of the grid, when the encoder can return several layers at once.
 
-``Encoder.embed`` returns one depth per call, so a grid over depths {1, 2, 4, 6} runs 1 + 2 + 4 + 6 = 13 layers per
+``PointEncoder.embed`` returns one depth per call, so a grid over depths {1, 2, 4, 6} runs 1 + 2 + 4 + 6 = 13 layers per
 text and rank. A model that also offers ``embed_layers`` (below) runs 6: the depth-l model is the first l layers,
 so its output is hidden state l of the deeper pass (after the final norm; MLL trains exactly this slice).
 """
@@ -12,12 +12,13 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from mlembed.encoder import Encoder, MatryoshkaPoints
+from mlembed.artifact import PointGrid
+from mlembed.encoder import PointEncoder
 
 
 @runtime_checkable
 class LayerEncoder(Protocol):
-    """Optional extension of ``mlembed.encoder.Encoder``: pooled embeddings of several depths from one pass."""
+    """Optional extension of ``mlembed.encoder.PointEncoder``: pooled embeddings of several depths from one pass."""
 
     def embed_layers(
         self,
@@ -48,7 +49,7 @@ class SharedDepths:
         self._rank: object = object()  # no rank seen yet
         self._cache: dict[tuple, dict[int, torch.Tensor]] = {}
 
-    def points(self) -> MatryoshkaPoints:
+    def points(self) -> PointGrid:
         return self.encoder.points()
 
     def num_parameters(self, *, rank: int | None = None, depth: int | None = None) -> int:
@@ -75,7 +76,7 @@ class SharedDepths:
         return self._cache[key][depth]
 
 
-def share_depths(encoder: Encoder, depths: Sequence[int | None]) -> Encoder:
+def share_depths(encoder: PointEncoder, depths: Sequence[int | None]) -> PointEncoder:
     """``SharedDepths(encoder)`` when the encoder has ``embed_layers`` and the grid has several depths."""
     concrete = [d for d in depths if d is not None]
     if isinstance(encoder, LayerEncoder) and len(concrete) > 1:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-from mlembed.encoder import Encoder, truncate_normalize
+from mlembed.encoder import PointEncoder, truncate_normalize
 from mlembed.evaluation.embedding import embed_once, unique_index
 from mlembed.evaluation.task import Scores
 
@@ -45,7 +45,7 @@ class STSTask:
         return len(unique_index([*self.text1, *self.text2])[0])
 
     def evaluate(
-        self, encoder: Encoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
+        self, encoder: PointEncoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
     ) -> Scores:
         """Spearman and Pearson correlation of cosine similarity with the gold scores, per dim prefix."""
         n = len(self.text1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from mlembed.encoder import Encoder
+from mlembed.encoder import PointEncoder
 
 Scores = dict[int | None, dict[str, float]]
 """``{dim: {metric: value}}`` for one (rank, depth); dim ``None`` is the full width."""
@@ -23,7 +23,7 @@ class Task(Protocol):
     """Whether the texts are held out from the training data's sources (scored apart from the others)."""
 
     def evaluate(
-        self, encoder: Encoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
+        self, encoder: PointEncoder, *, rank: int | None, depth: int | None, dims: Sequence[int | None]
     ) -> Scores:
         """Embed once at (rank, depth) and score every dim prefix in ``dims``."""
         ...

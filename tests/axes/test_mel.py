@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from mlembed.axes.mel import MEL, FactorizedEmbedding, sample_rank
+from mlembed.axes.mel import MEL, FactorizedEmbedding
 from mlembed.callbacks import RankSampler
+from mlembed.callbacks.rank_sampler import sample_rank
 
 
 def _factors(vocab=500, hidden=48, rank=48, seed=0):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mlembed.axes.mrl import MRL, prefix
+from mlembed.axes.mrl import MRL, MRLLoss, prefix
 
 
 def test_default_dims_and_reference_weights():
@@ -49,7 +49,7 @@ def test_wrapper_is_the_weighted_sum_of_the_base_loss_on_normalised_prefixes():
         seen.append((dim, query.shape[-1], query.norm(dim=-1)))
         return {"x": (query * positive).sum()}
 
-    total, per_dim = MRL()(q, p, None, dims=(16, 8), weights=(1.0, 0.25), base=base)
+    total, per_dim = MRLLoss(dims=(16, 8), weights=(1.0, 0.25))(q, p, None, base=base)
     expected = (prefix(q, 16) * prefix(p, 16)).sum() + 0.25 * (prefix(q, 8) * prefix(p, 8)).sum()
     torch.testing.assert_close(total, expected)
     assert [s[:2] for s in seen] == [(16, 16), (8, 8)]

@@ -16,7 +16,7 @@ class _Record(Callback):
         self.ranks, self.layers = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.ranks.append(pl_module.mel_rank)
+        self.ranks.append(pl_module.encoder.mel_rank)
         self.layers.append(pl_module.active_layers)
 
 
@@ -32,15 +32,15 @@ def _fit(module, callbacks, tmp_path, steps=6):
 
 def test_svd_init_factorises_before_training_and_rank_sampler_varies_the_rank(tmp_path):
     module = tiny_module("bert", init=False)
-    original = module.factorized_embedding.source_weight.clone()
+    original = module.encoder.factorized_embedding.source_weight.clone()
     record = _Record()
     _fit(module, [SVDInit(), RankSampler(seed=1), record], tmp_path, steps=8)
-    factors = module.factorized_embedding
+    factors = module.encoder.factorized_embedding
     assert bool(factors.initialized)
     assert factors.source_weight is None
     assert record.ranks == [RankSampler(seed=1).rank_at(module.ranks, s) for s in range(8)]
     assert len(set(record.ranks)) > 1
-    assert module.mel_rank == factors.max_rank  # full rank again after fit
+    assert module.encoder.mel_rank == factors.max_rank  # full rank again after fit
     # the factors started from the best rank-32 fit of the original matrix, and training moved them a little
     u, s, vh = torch.linalg.svd(original.double(), full_matrices=False)
     best = ((u[:, :32] * s[:32]) @ vh[:32]).float()
@@ -52,7 +52,7 @@ def test_svd_init_happens_before_the_optimizer_sees_the_parameters(tmp_path):
     module = tiny_module("bert", init=False)
     trainer = _fit(module, [SVDInit()], tmp_path, steps=1)
     optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
-    assert id(module.factorized_embedding.A) in optimised and id(module.factorized_embedding.B) in optimised
+    assert id(module.encoder.factorized_embedding.A) in optimised and id(module.encoder.factorized_embedding.B) in optimised
 
 
 def test_layer_schedule_deepest_first_ramps_up_and_fit_ends_with_all_layers(tmp_path):

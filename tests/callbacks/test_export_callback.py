@@ -14,9 +14,9 @@ import torch
 import wandb
 
 import mlembed
+from mlembed.artifact import ExportManifest
 from mlembed.callbacks import ModelExport
 from mlembed.cli import lightning_main
-from mlembed.export import Manifest
 from tests.distributed.common import launch
 from tests.helpers import POSITIVES, QUERIES
 from tests.robustness.tiny_run import ROOT, build_shards, callback, fit_args, record_steps
@@ -63,9 +63,9 @@ def test_the_preset_exports_both_modes_that_encode_like_the_trained_module(prese
     root, module = preset_run["root"], preset_run["module"]
     (export,) = (root / "export").iterdir()  # the default with wandb: save_dir/export/<run id>, one per run
     assert export.name.isalnum() and len(export.name) >= 6  # a wandb run id
-    expected = module.encode(TEXTS)
+    expected = module.encoder.encode(TEXTS)
     for mode in ("compat", "efficiency"):
-        manifest = Manifest.read(export / mode)
+        manifest = ExportManifest.read(export / mode)
         assert (manifest.mode, manifest.rank, manifest.depth, manifest.dim) == (mode, 32, 2, 32)
         got = mlembed.load(export / mode).encode(TEXTS)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
@@ -88,10 +88,10 @@ def test_one_mode_at_a_smaller_point_and_no_artifact_when_log_artifact_is_off(sh
     out = tmp_path / "point"
     module = offline_fit(tmp_path, shards, callback("mlembed.callbacks.ModelExport", out_dir=str(out),
                                                     mode="efficiency", rank=16, depth=1, dim=16, log_artifact=False))
-    manifest = Manifest.read(out)  # a single mode is written into out_dir itself
+    manifest = ExportManifest.read(out)  # a single mode is written into out_dir itself
     assert (manifest.mode, manifest.rank, manifest.depth, manifest.dim) == ("efficiency", 16, 1, 16)
     got = mlembed.load(out).encode(TEXTS)
-    torch.testing.assert_close(got, module.encode(TEXTS, rank=16, depth=1, dim=16), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got, module.encoder.encode(TEXTS, rank=16, depth=1, dim=16), atol=1e-5, rtol=1e-4)
     assert artifact_records(tmp_path) == []  # the run exists (the glob found it) but holds no artifact
 
 
@@ -107,8 +107,8 @@ def test_under_fsdp_the_export_holds_the_whole_weights(tmp_path):
 
 
 @pytest.mark.parametrize("init_args, match", [
-    ({"rank": 64}, r"ModelExport rank \(64\) exceeds 32"),
-    ({"depth": 3}, r"ModelExport depth \(3\) exceeds 2"),
+    ({"rank": 64}, r"ModelExport rank 64 is outside \[1, 32\] \(the trained maximum rank\)"),
+    ({"depth": 3}, r"ModelExport depth 3 is outside \[1, 2\] \(the model's number of layers\)"),
     ({"out_dir": "EXISTING"}, r"ModelExport out_dir: .* exists and is not empty"),
 ])
 def test_a_bad_init_arg_stops_the_run_before_training(shards, tmp_path, init_args, match):

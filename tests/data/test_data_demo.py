@@ -11,7 +11,7 @@ import pytest
 
 from mlembed.data.datamodule import ShardDataModule, StageSettings
 from mlembed.data.demo import DemoSettings, build_demo, clean
-from mlembed.data.manifest import Manifest
+from mlembed.data.manifest import ShardManifest
 from mlembed.data.stream import read_samples
 
 SETTINGS = DemoSettings(locales=["de", "fr", "ru", "ja", "ar", "pt_BR"], languages=["english", "spanish", "russian"])
@@ -24,7 +24,7 @@ def demo(tmp_path_factory):
 
 @functools.cache
 def samples_of(directory: str) -> list[dict]:
-    manifest = Manifest.load(directory)
+    manifest = ShardManifest.load(directory)
     return list(read_samples([str(Path(directory) / s.path) for s in manifest.shards]))
 
 
@@ -33,14 +33,14 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def test_both_stages_get_shards(demo):
-    stage1 = Manifest.load(demo.path("stage1/train")).sources()
-    stage2 = Manifest.load(demo.path("stage2/train")).sources()
+    stage1 = ShardManifest.load(demo.path("stage1/train")).sources()
+    stage2 = ShardManifest.load(demo.path("stage2/train")).sources()
     assert set(stage1) == {"translate-latin", "translate-cyrillic", "translate-cjk", "translate-arabic"}
     assert {e["task"] for e in stage1.values()} == {"bitext"}
     assert {"langid", "dialogue-latin", "dialogue-cyrillic", "translate-instr-latin"} <= set(stage2)
     assert stage2["langid"]["task"] == "classification" and stage2["dialogue-latin"]["task"] == "retrieval"
     assert sum(e["samples"] for e in stage1.values()) > 1000
-    assert Manifest.load(demo.path("stage1/val")).sources().keys() == stage1.keys()
+    assert ShardManifest.load(demo.path("stage1/val")).sources().keys() == stage1.keys()
     for row in samples_of(demo.path("stage2/train"))[:200]:
         assert row["instruction"]
     assert all(row["instruction"] is None for row in samples_of(demo.path("stage1/train"))[:200])

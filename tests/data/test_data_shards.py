@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from mlembed.data.manifest import Manifest
+from mlembed.data.manifest import ShardManifest
 from mlembed.data.records import RecordError
 from mlembed.data.shards import write_shards
 from mlembed.data.shards_cli import main
@@ -27,7 +27,7 @@ GOOD = {"query": "q", "positive": "p", "negatives": ["n"], "source": "s", "task"
 
 
 def test_manifest_counts_every_source_and_shard(shard_dir):
-    manifest = Manifest.load(shard_dir)
+    manifest = ShardManifest.load(shard_dir)
     sources = manifest.sources()
     assert {k: (v["task"], v["samples"]) for k, v in sources.items()} == SOURCES
     for shard in manifest.shards:
@@ -76,7 +76,7 @@ def test_skip_invalid_counts_every_case_in_manifest_and_summary(tmp_path, capsys
     rows = [GOOD] + [bad for bad, _ in BAD] + [GOOD]
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(["--input", str(path), "--output", str(tmp_path / "out"), "--skip-invalid"]) == 0
-    manifest = Manifest.load(tmp_path / "out")
+    manifest = ShardManifest.load(tmp_path / "out")
     assert manifest.invalid == len(BAD)
     assert sum(s.samples for s in manifest.shards) == 2
     for _, message in BAD:
@@ -103,7 +103,7 @@ def test_non_empty_output_is_refused_and_kept_unless_overwrite(tmp_path, capsys)
     assert re.search(rf"--output {re.escape(str(out))} is not empty; pass --overwrite", err), err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main(["--input", str(other), "--output", str(out), "--overwrite"]) == 0
-    assert [s.source for s in Manifest.load(out).shards] == ["t"]
+    assert [s.source for s in ShardManifest.load(out).shards] == ["t"]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "t-000000.tar"]
 
 
@@ -150,7 +150,7 @@ from mlembed.data import manifest, shards
 from mlembed.data.shards_cli import main
 
 point, argv = sys.argv[1], sys.argv[2:]
-real_write, real_finish, real_save = wds.TarWriter.write, shards._SourceWriter._finish, manifest.Manifest.save
+real_write, real_finish, real_save = wds.TarWriter.write, shards._SourceWriter._finish, manifest.ShardManifest.save
 calls = []
 
 def die():
@@ -178,7 +178,7 @@ def save(self, directory):
         die()
     return real_save(self, directory)
 
-wds.TarWriter.write, shards._SourceWriter._finish, manifest.Manifest.save = write, finish, save
+wds.TarWriter.write, shards._SourceWriter._finish, manifest.ShardManifest.save = write, finish, save
 sys.exit(main(argv))
 """
 KILL_POINTS = ["mid-shard", "before-rename", "after-rename", "before-manifest"]
@@ -202,11 +202,11 @@ def _assert_killed_build_looks_unfinished(out: Path, shard_size: int) -> None:
         else:  # only the files a build in progress writes
             assert tar.name.endswith((".tar.partial", ".json.tmp")), tar.name
     with pytest.raises(FileNotFoundError, match="unfinished build"):
-        Manifest.load(out)
+        ShardManifest.load(out)
 
 
 def _assert_full_build(out: Path, rows: list[dict], shard_size: int) -> None:
-    manifest = Manifest.load(out)
+    manifest = ShardManifest.load(out)
     ids = [s["id"] for shard in manifest.shards for s in read_samples([str(out / shard.path)])]
     assert ids == [r["id"] for r in rows]
     assert [s.samples for s in manifest.shards] == [shard_size] * (len(rows) // shard_size)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlembed.data.f2llm import Columns, plan_sources, write_f2llm_shards
-from mlembed.data.manifest import Manifest
+from mlembed.data.manifest import ShardManifest
 from mlembed.data.records import RecordError
 from mlembed.data.shards import WorkerDied
 from mlembed.data.shards_cli import main
@@ -67,7 +67,7 @@ def write_release(directory: Path, sources: dict = MINI) -> list[Path]:
 
 
 def samples_by_shard(out: Path) -> dict[str, list[dict]]:
-    return {shard.path: list(read_samples([str(out / shard.path)])) for shard in Manifest.load(out).shards}
+    return {shard.path: list(read_samples([str(out / shard.path)])) for shard in ShardManifest.load(out).shards}
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_every_row_round_trips_with_its_source_task_and_negatives_in_order(relea
              "instruction": None, "source": source, "task": tasks[source]}
             for row in range(1, rows + 1)
         ]
-    assert manifest == Manifest.load(out)
+    assert manifest == ShardManifest.load(out)
 
 
 def test_empty_negative_cells_are_left_out_and_the_rest_keep_their_order(release, tmp_path):
@@ -138,7 +138,7 @@ def test_a_bad_row_in_a_worker_stops_the_build_naming_file_and_row(release, tmp_
     assert f"{bad}:26: field 'query' is empty" in capsys.readouterr().err
     assert not (out / "manifest.json").exists() and not list(out.glob("*.partial"))
     assert main([*args, "--skip-invalid", "--overwrite"]) == 0
-    manifest = Manifest.load(out)
+    manifest = ShardManifest.load(out)
     assert manifest.invalid == 1 and manifest.invalid_examples == [f"{bad}:26: field 'query' is empty"]
     assert manifest.sources()["msmarco"]["samples"] == 39
 
@@ -174,7 +174,7 @@ def test_task_of_and_task_map_give_tasks_and_task_of_wins(release, tmp_path):
     assert main(["--format", "f2llm", "--input", *map(str, release + extra), "--output", str(out),
                  "--task-map", str(task_map), "--task-of", "their_pairs=clustering", "--task-of",
                  "msmarco=sts"]) == 0
-    tasks = {name: entry["task"] for name, entry in Manifest.load(out).sources().items()}
+    tasks = {name: entry["task"] for name, entry in ShardManifest.load(out).sources().items()}
     assert tasks == {"imdb": "classification", "banking77": "clustering", "msmarco": "sts", "my_corpus": "bitext",
                      "their_pairs": "clustering"}
     with pytest.raises(ValueError, match=r"--task-of my_corpus=ranking: unknown task 'ranking'"):
@@ -222,7 +222,7 @@ def test_only_task_writes_those_sources_and_names_the_others(release, tmp_path, 
     out = tmp_path / "out"
     assert main(["--format", "f2llm", "--input", *map(str, release), "--output", str(out),
                  "--only-task", "retrieval"]) == 0
-    assert list(Manifest.load(out).sources()) == ["msmarco"]
+    assert list(ShardManifest.load(out).sources()) == ["msmarco"]
     assert "left out (--only-task retrieval): banking77 (clustering), imdb (classification)" in capsys.readouterr().err
 
 
@@ -295,7 +295,7 @@ def test_sigkill_of_a_two_worker_build_stops_the_workers_and_leaves_nothing_comp
         with tarfile.open(tar) as handle:
             assert len(handle.getnames()) == 500, tar.name
     assert main([*args, "--workers", "2", "--overwrite"]) == 0
-    assert {name: entry["samples"] for name, entry in Manifest.load(out).sources().items()} == {
+    assert {name: entry["samples"] for name, entry in ShardManifest.load(out).sources().items()} == {
         "msmarco": 10_000, "banking77": 10_000}
 
 

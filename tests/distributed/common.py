@@ -27,7 +27,7 @@ MEL_RANK = 16  # fixed, so every rank and the reference embed at the same rank
 def build_module(mode: str = "all", *, hard: bool = True, chunk: int | None = None) -> EmbeddingModule:
     """Tiny BERT (no dropout) with MEL (rank 32, active 16), MLL {1, 2, 3} and MRL {8, ..., 64} on."""
     module = tiny_module("bert", rank=32, layers=3, loss=ContrastiveLoss(gather_grad=mode, hard_negatives=hard))
-    module.mel_rank = MEL_RANK
+    module.encoder.mel_rank = MEL_RANK
     if chunk is not None:
         module.grad_cache = GradCache(chunk_size=chunk)
         module.automatic_optimization = False

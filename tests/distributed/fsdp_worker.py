@@ -32,8 +32,9 @@ class Probe(EmbeddingModule):
     """EmbeddingModule whose validation step keeps the queries' embeddings at full rank and depth."""
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        with self.at_rank(None):
-            self.probe = self.pooled(batch["query"], [self.backbone.depth])[self.backbone.depth].detach().clone()
+        depth = self.encoder.backbone.depth
+        with self.encoder.at_rank(None):
+            self.probe = self.encoder(batch["query"], [depth])[depth].detach().clone()
 
 
 class Save(Callback):
@@ -43,8 +44,8 @@ class Save(Callback):
         self.out, self.ranks = out, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        assert pl_module.factorized_embedding is not None  # FSDP left the MEL module in place (root unit)
-        self.ranks.append(pl_module.mel_rank)
+        assert pl_module.encoder.factorized_embedding is not None  # FSDP left the MEL module in place (root unit)
+        self.ranks.append(pl_module.encoder.mel_rank)
 
     def on_validation_end(self, trainer, pl_module):
         trainer.save_checkpoint(os.path.join(self.out, "sharded.ckpt"))

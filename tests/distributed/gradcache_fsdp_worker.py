@@ -45,7 +45,7 @@ class Record(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(trainer.callback_metrics["train/loss"]))
         self.kd.append(float(trainer.callback_metrics["train/loss/kd_sim"]))
-        self.ranks.append(pl_module.mel_rank)
+        self.ranks.append(pl_module.encoder.mel_rank)
 
 
 def clean(name: str) -> str:

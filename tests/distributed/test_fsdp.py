@@ -50,30 +50,33 @@ def test_fsdp_wraps_every_layer_checkpoints_them_and_samples_mel_ranks(fsdp_run)
 def test_consolidated_checkpoint_loads_into_a_fresh_module_with_the_same_embeddings(fsdp_run, consolidated):
     out, probe = fsdp_run
     module = EmbeddingModule.load_from_checkpoint(consolidated, weights_only=False).eval()
-    factors = module.factorized_embedding
+    factors = module.encoder.factorized_embedding
     assert tuple(factors.A.shape) == (30522, 32) and bool(factors.initialized)
     batch = full_batch(module)
-    depth = module.backbone.depth
+    depth = module.encoder.backbone.depth
     with torch.no_grad():
-        got = module.pooled(batch["query"], [depth])[depth]
+        got = module.encoder(batch["query"], [depth])[depth]
     torch.testing.assert_close(got, probe["embeddings"], atol=1e-5, rtol=1e-5)
     # and training did move them: the same model at initialisation embeds differently
-    fresh = EmbeddingModule(module.backbone_config, mel=module.mel, mll=module.mll, mrl=module.mrl)
+    fresh = EmbeddingModule(module.encoder.backbone_config, mel=module.mel, mll=module.mll, mrl=module.mrl)
     fresh.configure_model()
     fresh.init_mel_from_svd()
     with torch.no_grad():
-        before = fresh.eval().pooled(batch["query"], [depth])[depth]
+        before = fresh.eval().encoder(batch["query"], [depth])[depth]
     assert (before - probe["embeddings"]).abs().max() > 1e-3
 
 
 def test_mlembed_reads_the_sharded_directory_itself_exactly_as_lightning_consolidates_it(fsdp_run, consolidated,
                                                                                         tmp_path):
     from mlembed.export import main as export_main
+    from mlembed.encoder import encoder_state_keys
     from mlembed.loading import load, load_checkpoint
 
     out, probe = fsdp_run
     sharded = out / "sharded.ckpt"
-    reference = torch.load(consolidated, map_location="cpu", weights_only=False)["state_dict"]
+    # The module's keys (encoder.backbone...) as the Encoder names them (backbone...).
+    reference = encoder_state_keys(torch.load(consolidated, map_location="cpu", weights_only=False)["state_dict"],
+                                   prefix="")
     module = load_checkpoint(sharded)  # no consolidation step: the shards are merged in memory
     state = module.state_dict()
     assert set(state) == set(reference)
@@ -81,10 +84,10 @@ def test_mlembed_reads_the_sharded_directory_itself_exactly_as_lightning_consoli
         torch.testing.assert_close(state[key], tensor, atol=0, rtol=0, msg=key)
     # the user's commands take the directory too: export, and mlembed.load for evaluation
     assert export_main(["--ckpt", str(sharded), "--out", str(tmp_path / "export"), "--mode", "efficiency"]) == 0
-    depth = module.backbone.depth
+    depth = module.backbone.depth  # module: the Encoder load_checkpoint returned
     batch = full_batch(module)
     with torch.no_grad():
-        got = load(sharded).module.pooled(batch["query"], [depth])[depth]
+        got = load(sharded).encoder(batch["query"], [depth])[depth]
     torch.testing.assert_close(got, probe["embeddings"], atol=1e-5, rtol=1e-5)
 
 

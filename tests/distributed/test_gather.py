@@ -45,8 +45,8 @@ def simulated_ranks(mode: str) -> tuple[list[float], dict]:
     module = build_module(mode, hard=False)
     batch = full_batch(module, negatives=False)
     layers = module.layers
-    queries = module.pooled(batch["query"], layers)  # layer -> [W*B, H]
-    docs = module.pooled(batch["positive"], layers)
+    queries = module.encoder(batch["query"], layers)  # layer -> [W*B, H]
+    docs = module.encoder(batch["positive"], layers)
 
     def rank_loss(rank: int, gather) -> torch.Tensor:
         rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
@@ -110,7 +110,7 @@ def test_none_sends_no_gradient_into_the_positives(ddp):
     only_positive = sorted(set(batch["positive"]["input_ids"].flatten().tolist())
                            - set(batch["query"]["input_ids"].flatten().tolist()))
     assert len(only_positive) > 5
-    name = "backbone.model.embeddings.word_embeddings.A"
+    name = "encoder.backbone.model.embeddings.word_embeddings.A"
     rows = {mode: ddp[f"{mode}_in_batch"]["grads"][name][only_positive] for mode in ("none", "local", "all")}
     assert rows["none"].abs().max() == 0
     assert rows["local"].abs().amax(-1).min() > 0 and rows["all"].abs().amax(-1).min() > 0

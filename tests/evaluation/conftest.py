@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import LightningModule
 from transformers import BertConfig, BertModel
 
-from mlembed.encoder import MatryoshkaPoints
+from mlembed.artifact import PointGrid
 
 
 class TableEncoder:
@@ -21,13 +21,13 @@ class TableEncoder:
     ``embed`` records every call as ``(texts, rank, depth, instruction)``.
     """
 
-    def __init__(self, table: Mapping[str, Sequence[float]], points: MatryoshkaPoints | None = None) -> None:
+    def __init__(self, table: Mapping[str, Sequence[float]], points: PointGrid | None = None) -> None:
         self.table = {k: torch.tensor(v, dtype=torch.float32) for k, v in table.items()}
         width = len(next(iter(self.table.values())))
-        self._points = points or MatryoshkaPoints(ranks=(None,), depths=(1,), dims=(width,))
+        self._points = points or PointGrid(ranks=(None,), depths=(1,), dims=(width,))
         self.calls: list[tuple[list[str], int | None, int | None, str | None]] = []
 
-    def points(self) -> MatryoshkaPoints:
+    def points(self) -> PointGrid:
         return self._points
 
     def embed(self, texts, *, rank=None, depth=None, instruction=None, batch_size=64) -> torch.Tensor:
@@ -53,12 +53,17 @@ class TinyEncoder(LightningModule):
                             attention_probs_dropout_prob=0.0)
         self.bert = BertModel(config, add_pooling_layer=False)
         self.vocab, self.layers = vocab, layers
-        self._points = MatryoshkaPoints(ranks=tuple(ranks), depths=tuple(range(1, layers + 1)), dims=tuple(dims))
+        self._points = PointGrid(ranks=tuple(ranks), depths=tuple(range(1, layers + 1)), dims=tuple(dims))
         self.calls: list[tuple[int, int | None, int | None]] = []  # embed: (texts, rank, depth)
         self.layer_calls: list[tuple[int, int | None, tuple[int, ...]]] = []  # embed_layers: (texts, rank, depths)
         self.modes_seen: list[bool] = []  # self.training at each embed call
 
-    def points(self) -> MatryoshkaPoints:
+    @property
+    def encoder(self) -> TinyEncoder:
+        """What GridEvaluation scores: a LightningModule's ``encoder`` (this double is its own)."""
+        return self
+
+    def points(self) -> PointGrid:
         return self._points
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,7 +75,7 @@ def test_fast_dev_run_without_baseline_writes_only_the_final_grid(tiny_encoder, 
 def test_module_without_the_protocol_fails_clearly(tmp_path):
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    with pytest.raises(TypeError, match="mlembed.encoder.Encoder"):
+    with pytest.raises(TypeError, match="mlembed.encoder.PointEncoder"):
         fit(BoringModel(), GridEvaluation(tasks=["lee"]), tmp_path, fast_dev_run=True)
 
 

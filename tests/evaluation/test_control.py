@@ -23,9 +23,9 @@ def test_plain_copy_switches_every_axis_and_the_teacher_off():
     plain = plain_copy(module)
     assert not (plain.mel.enabled or plain.mll.enabled or plain.mrl.enabled)
     assert not plain.loss_fn.distills and plain.loss_fn.temperature == 0.07
-    assert plain.optimizer_config == module.optimizer_config and plain.backbone_config == module.backbone_config
+    assert plain.optimizer_config == module.optimizer_config and plain.encoder.backbone_config == module.encoder.backbone_config
     plain.configure_model()
-    assert plain.layers == (3,) and plain.dims == (64,) and plain.factorized_embedding is None
+    assert plain.layers == (3,) and plain.dims == (64,) and plain.encoder.factorized_embedding is None
     assert not hasattr(plain, "frozen_teacher")
 
 
@@ -39,12 +39,12 @@ def test_truncatable_ranks_are_the_direct_svd_truncation_of_the_fine_tuned_matri
     out = truncatable(plain, like)
     texts = ["the cat sat on the mat", "Où est la gare ?", "hello world"]
     for depth in (1, 3):
-        torch.testing.assert_close(out.embed(texts, depth=depth), plain.embed(texts, depth=depth), atol=1e-4, rtol=0)
-    matrix = plain.backbone.model.get_input_embeddings().weight.detach().double()
+        torch.testing.assert_close(out.encoder.embed(texts, depth=depth), plain.encoder.embed(texts, depth=depth), atol=1e-4, rtol=0)
+    matrix = plain.encoder.backbone.model.get_input_embeddings().weight.detach().double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     for k in (8, 32):
         best = (u[:, :k] * s[:k]) @ vh[:k]  # the best rank-k approximation (Eckart-Young)
-        torch.testing.assert_close(out.factorized_embedding.materialize(k).double(), best, atol=1e-4, rtol=0)
+        torch.testing.assert_close(out.encoder.factorized_embedding.materialize(k).double(), best, atol=1e-4, rtol=0)
 
 
 def test_train_control_runs_the_same_steps_on_the_same_data(tiny_shards, tmp_path):
@@ -52,17 +52,17 @@ def test_train_control_runs_the_same_steps_on_the_same_data(tiny_shards, tmp_pat
                            loader=LoaderSettings(bucket_batches=1))
     module = tiny_module("bert", rank=64, layers=2, max_seq_length=16)
     module.optimizer_config = OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0)  # moves in 3 steps
-    data.tokenizer = module.text_tokenizer
+    data.tokenizer = module.encoder.text_tokenizer
     trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=data)
     control, steps = train_control(trainer, module)
     assert steps == trainer.global_step == 3 and data.trainer is trainer
-    assert control.points() == module.points()  # scored at the same (rank, depth, dim) points
+    assert control.encoder.points() == module.encoder.points()  # scored at the same (rank, depth, dim) points
     start = tiny_module("bert", rank=64, layers=2, max_seq_length=16)
     texts = ["the cat sat on the mat", "hello world"]
-    assert not torch.allclose(control.embed(texts), start.embed(texts), atol=1e-3)  # it trained
-    assert not torch.allclose(control.embed(texts), module.embed(texts), atol=1e-3)  # but not as 3D-ML did
+    assert not torch.allclose(control.encoder.embed(texts), start.encoder.embed(texts), atol=1e-3)  # it trained
+    assert not torch.allclose(control.encoder.embed(texts), module.encoder.embed(texts), atol=1e-3)  # but not as 3D-ML did
 
 
 def test_demo_style_run_reports_three_arms(tiny_shards, tmp_path):

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from mlembed.data.records import RecordError
 from mlembed.evaluation.datasets import pairs_to_sets, read_beir, read_bitext, read_lee, read_pairs, read_sts
-from mlembed.evaluation.readers import DataFormatError
 from tests.evaluation.conftest import write_jsonl
 
 
@@ -67,7 +67,7 @@ def test_beir_directory(tmp_path):
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, name, content, reader, message):
     (tmp_path / name).write_text(content, encoding="utf-8")
-    with pytest.raises(DataFormatError, match=message):
+    with pytest.raises(RecordError, match=message):
         reader(tmp_path / name)
 
 

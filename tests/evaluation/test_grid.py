@@ -136,12 +136,12 @@ def test_point_score_is_the_mean_of_main_metrics(tiny_encoder):
     assert point.score == pytest.approx(expected)
 
 
-def test_grid_on_the_real_embedding_module():
+def test_grid_on_the_real_encoder():
     from tests.helpers import tiny_module
 
     module = tiny_module("bert", rank=32, layers=2)
-    points = module.points()
-    result = evaluate_grid(module, small_tasks(), progress=False)
+    points = module.encoder.points()
+    result = evaluate_grid(module.encoder, small_tasks(), progress=False)
     assert len(result.points()) == len(points.ranks) * len(points.depths) * len(points.dims)
-    assert {r.params for r in result.rows} == {module.num_parameters(rank=k, depth=depth)
+    assert {r.params for r in result.rows} == {module.encoder.num_parameters(rank=k, depth=depth)
                                               for k in points.ranks for depth in points.depths}

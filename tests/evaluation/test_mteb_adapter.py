@@ -1,4 +1,7 @@
-"""MTEBEncoder against the interface mteb calls (no mteb needed): signature, shapes, instructions."""
+"""MTEBEncoder against the interface mteb calls: signature (the installed mteb's protocol), shapes, instructions.
+
+A stand-in encoder records the calls; tests/evaluation/test_mteb.py runs mteb's own evaluation on a real model.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from mteb.models.models_protocols import EncoderProtocol
 
 from mlembed.evaluation.mteb_adapter import MTEBEncoder
 
@@ -16,7 +20,7 @@ TEXTS = ["hello world", "good morning", "the cat sleeps"]
 
 
 class PromptType(str, Enum):
-    """Stands in for mteb's PromptType (a str enum with these values)."""
+    """mteb 1.x's PromptType (a str enum with these values); mteb 2.x says ``document`` for passages."""
 
     query = "query"
     passage = "passage"
@@ -29,7 +33,7 @@ class Recorder:
         self.calls = []
 
     def points(self):
-        raise AssertionError("the adapter serves one fixed point")
+        return SimpleNamespace(ranks=(8, 64), depths=(1, 2, 4), dims=(4, 8, 16))
 
     def embed(self, texts, *, rank=None, depth=None, instruction=None, batch_size=64):
         self.calls.append({"texts": list(texts), "rank": rank, "depth": depth, "instruction": instruction,
@@ -41,12 +45,32 @@ class Recorder:
         return 0
 
 
-def test_signature_matches_what_mteb_calls():
+def test_signature_matches_the_installed_mtebs_encoder_protocol():
     params = inspect.signature(MTEBEncoder.encode).parameters
-    assert list(params)[:2] == ["self", "sentences"]
-    for name in ("task_name", "prompt_type", "batch_size"):
+    protocol = inspect.signature(EncoderProtocol.encode).parameters
+    assert list(params)[:2] == list(protocol)[:2] == ["self", "inputs"]
+    for name, param in protocol.items():
+        if param.kind is inspect.Parameter.KEYWORD_ONLY:
+            assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    for name in ("task_name", "prompt_type", "batch_size"):  # mteb 1.x's keywords too
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default is None
     assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    model = MTEBEncoder(Recorder(), rank=8, depth=2, dim=4, name="org/tiny", revision="r1")
+    assert isinstance(model, EncoderProtocol)
+    meta = model.mteb_model_meta
+    assert (meta.name, meta.revision, meta.embed_dim, meta.n_parameters) == ("org/tiny", "r1", 4, 0)
+    assert meta.experiment_name == "depth_2__dim_4__rank_8"
+    assert MTEBEncoder(Recorder()).point() == {"rank": 64, "depth": 4, "dim": 16}
+    with pytest.raises(ValueError, match="ORG/NAME"):
+        MTEBEncoder(Recorder(), name="tiny")
+
+
+def test_the_point_defaults_to_the_loaded_one():
+    loaded = Recorder()
+    loaded.rank, loaded.depth, loaded.dim = 8, 2, 4  # what mlembed.load(path, rank=8, depth=2, dim=4) returns
+    model = MTEBEncoder(loaded)
+    assert model.encode(TEXTS).shape == (3, 4) and loaded.calls[-1]["rank"] == 8 and loaded.calls[-1]["depth"] == 2
+    assert MTEBEncoder(loaded, dim=16).encode(TEXTS).shape == (3, 16)
 
 
 def test_encode_returns_unit_float32_rows_at_the_fixed_point():
@@ -64,7 +88,7 @@ def test_encode_returns_unit_float32_rows_at_the_fixed_point():
 
 @pytest.mark.parametrize(("prompt_type", "expected"), [
     (PromptType.query, "Find the answer"), ("query", "Find the answer"), (PromptType.passage, None),
-    ("passage", None), (None, "Find the answer"),
+    ("passage", None), ("document", None), (None, "Find the answer"),
 ])
 def test_instruction_goes_to_queries_and_symmetric_tasks_not_passages(prompt_type, expected):
     recorder = Recorder()
@@ -95,5 +119,6 @@ def test_mteb_2_style_batches_and_task_metadata():
 def test_similarity_is_cosine():
     model = MTEBEncoder(Recorder())
     a = model.encode(TEXTS)
+    np.testing.assert_allclose(model.similarity(torch.from_numpy(a), a), model.similarity(a, a), rtol=1e-6)
     np.testing.assert_allclose(np.diag(model.similarity(a, a)), 1.0, rtol=1e-5)
     np.testing.assert_allclose(model.similarity_pairwise(a, a[::-1]), np.diag(model.similarity(a, a[::-1])), rtol=1e-5)

@@ -82,6 +82,6 @@ def test_real_checkpoint_through_mlembed_load(sts_file, tmp_path):
     trainer.save_checkpoint(tmp_path / "tiny.ckpt")
     code = main(["--model", str(tmp_path / "tiny.ckpt"), "--tasks", f"sts:{sts_file}", "--grid", "--no-plots",
                  "--out", str(tmp_path / "out")])
-    points = module.points()
+    points = module.encoder.points()
     assert code == 0
     assert len(grid_points(tmp_path / "out")) == len(points.ranks) * len(points.depths) * len(points.dims)

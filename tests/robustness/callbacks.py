@@ -34,7 +34,7 @@ class StepRecorder(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         loss = None if loss is None else loss.item()
         row = {"step": trainer.global_step - 1, "loss": loss, "stage": int(batch["stage"]),
-               "rank": pl_module.mel_rank}
+               "rank": pl_module.encoder.mel_rank}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
@@ -73,7 +73,7 @@ class PoisonAt(Callback):
         self._saved: torch.Tensor | None = None
 
     def _weight(self, pl_module: LightningModule) -> torch.Tensor:
-        return pl_module.backbone.layer_list()[0].attention.self.query.weight
+        return pl_module.encoder.backbone.layer_list()[0].attention.self.query.weight
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
         if trainer.global_step == self.step:

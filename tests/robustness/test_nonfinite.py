@@ -84,7 +84,7 @@ def test_nan_loss_is_skipped_and_counted(tiny_shards, reference_run, tmp_path):
     assert all(torch.isfinite(v).all() for v in after["model"].values() if v.is_floating_point())
     # ... while the next (finite) step did change them: the snapshots see an update when there is one.
     changed = [k for k in before["model"] if not torch.equal(before["model"][k], following["model"][k])]
-    assert "backbone.model.embeddings.word_embeddings.A" in changed
+    assert "encoder.backbone.model.embeddings.word_embeddings.A" in changed
     assert adam_steps(before) == adam_steps(after) == {float(POISON_STEP)}  # three updates before, none since
     assert adam_steps(following) == {POISON_STEP + 1.0}
 
