@@ -131,11 +131,12 @@ class EmbeddingModule(LightningModule):
         """The callbacks the enabled axes need (each axis names its own), unless the trainer has one of the type.
 
         So ``--model.mel.enabled=true`` alone is a complete MEL run (SVD init, one rank drawn per step), and a
-        preset or YAML that lists one of these callbacks keeps its own settings.
+        preset or YAML that lists one of these callbacks (or a subclass of it) keeps its own.
         """
-        present = {type(c) for c in (self.trainer.callbacks if self._trainer is not None else [])}
+        present = self.trainer.callbacks if self._trainer is not None else []
         needed = [c for axis in (self.mel, self.mll, self.mrl) if axis.enabled for c in axis.callbacks()]
-        return [c for c in needed if type(c) not in present]
+        # One the user gave, of the type or a subclass of it, stands in for the default.
+        return [c for c in needed if not any(isinstance(given, type(c)) for given in present)]
 
     def init_mel_from_svd(self) -> None:
         """Factorise the original embedding matrix (the SVDInit callback calls this before training)."""

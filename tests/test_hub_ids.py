@@ -122,7 +122,7 @@ def test_fit_from_a_hub_id_with_hf_home_and_hf_hub_offline(tiny_shards, hub_home
     pretrained = backbone["pretrained"] if isinstance(backbone, dict) else backbone.pretrained
     assert pretrained == REPO  # the checkpoint names the hub id, not a path into one machine's cache
     assert saved["global_step"] == 2
-    layer = re.compile(r"backbone\.model\.encoder\.layer\.(\d+)\.")
+    layer = re.compile(r"encoder\.backbone\.model\.encoder\.layer\.(\d+)\.")
     layers = {int(m.group(1)) for k in saved["state_dict"] if (m := layer.match(k))}
     assert layers == set(range(6))  # MiniLM's 6 layers (the tiny config's random BERT has 2)
 

@@ -77,3 +77,36 @@ def test_layer_schedule_rejects_bad_settings():
         LayerSchedule(mode="random")
     with pytest.raises(ValueError, match="ramp_steps"):
         LayerSchedule(ramp_steps=0)
+
+
+def test_mel_switched_on_alone_brings_the_callbacks_it_needs(tmp_path):
+    """No SVDInit or RankSampler in the trainer: the module adds both (seed 0), so the run is a complete MEL run."""
+    module = tiny_module("bert", init=False)  # factors unset: only SVDInit sets them
+    record = _Record()
+    trainer = _fit(module, [record], tmp_path, steps=8)
+    assert bool(module.encoder.factorized_embedding.initialized)
+    assert record.ranks == [RankSampler(seed=0).rank_at(module.ranks, s) for s in range(8)]
+    assert [type(c) for c in trainer.callbacks].count(RankSampler) == 1
+
+
+def test_a_rank_sampler_the_user_lists_is_kept_and_mel_off_adds_nothing(tmp_path):
+    module = tiny_module("bert")
+    record = _Record()
+    trainer = _fit(module, [RankSampler(seed=3), record], tmp_path, steps=6)
+    assert record.ranks == [RankSampler(seed=3).rank_at(module.ranks, s) for s in range(6)]
+    assert [type(c) for c in trainer.callbacks].count(RankSampler) == 1
+    plain = tiny_module("bert", mel=False)
+    trainer = _fit(plain, [], tmp_path, steps=1)
+    assert not any(isinstance(c, (SVDInit, RankSampler)) for c in trainer.callbacks)
+
+
+def test_a_subclass_of_a_needed_callback_stands_in_for_it(tmp_path):
+    class EveryStepAtEight(RankSampler):
+        def rank_at(self, ranks, step):
+            return 8
+
+    module = tiny_module("bert")
+    record = _Record()
+    trainer = _fit(module, [EveryStepAtEight(), record], tmp_path, steps=4)
+    assert record.ranks == [8, 8, 8, 8]
+    assert not any(type(c) is RankSampler for c in trainer.callbacks)

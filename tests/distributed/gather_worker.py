@@ -14,7 +14,8 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
-from tests.distributed.common import WORLD, build_module, full_batch, grads_of, rank_rows
+from mlembed.callbacks import RankSampler
+from tests.distributed.common import MEL_RANK, WORLD, build_module, full_batch, grads_of, rank_rows
 
 #: name -> (gather_grad mode, hard negatives in the batch and the loss, gradient-cache chunk size)
 CONFIGS = {
@@ -24,6 +25,13 @@ CONFIGS = {
     "local_in_batch": ("local", False, None),
     "none_in_batch": ("none", False, None),
 }
+
+
+class PinnedRank(RankSampler):
+    """Every step at MEL_RANK, as the single-process reference (it stands in for the sampler MEL adds)."""
+
+    def rank_at(self, ranks, step):
+        return MEL_RANK
 
 
 class Record(Callback):
@@ -45,7 +53,7 @@ def run(name: str, rank: int) -> dict:
     strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
     trainer = Trainer(accelerator="cpu", devices=WORLD, strategy=strategy, max_steps=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      use_distributed_sampler=False, callbacks=[record])
+                      use_distributed_sampler=False, callbacks=[record, PinnedRank()])
     trainer.fit(module, DataLoader([batch], batch_size=None))
     return {"loss": record.loss, "grads": record.grads}
 
