@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
 python -c "from mlembed.data.demo import build_demo; build_demo('data/demo')"
 for bench in bench_mel bench_axes bench_vs_sentence_transformers bench_efficiency bench_gradcache bench_loader bench_eval_grid \
-    bench_e2e bench_scaling bench_loader_tokens; do
+    bench_e2e bench_scaling bench_loader_tokens bench_shards; do
   args=()
   if [ "$bench" = bench_eval_grid ]; then args=(--data-dir data/demo); fi
   echo "== python benchmarks/$bench.py ${args[*]:-}"
