@@ -42,10 +42,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from common import TreePeaks
 from lightning.pytorch import Callback
 
 HERE = Path(__file__).resolve().parent
@@ -242,65 +242,15 @@ def st_command(args, arm: str, out: str, dataset: str) -> tuple[list[str], dict]
     return argv, arm_env(args)
 
 
-# -- the process-tree memory sampler ---------------------------------------------------------------------------
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants, from the parent ids in /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _fields(pid: int, file: str, *names: str) -> dict[str, int]:
-    """Fields of /proc/PID/<file> in bytes (empty once the process is gone)."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
-            key = line.split(":", 1)[0]
-            if key in names:
-                out[key] = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return out
-
-
 def run_tree(argv: list[str], env: dict) -> dict:
     """Run ``argv``; its process tree's peak summed RSS and PSS, the largest process peak, and its wall time."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = {"rss": 0, "pss": 0, "largest": 0, "processes": 0, "trainer_pss": 0, "workers_pss": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            pids = _tree(proc.pid)
-            status = [_fields(pid, "status", "VmRSS", "VmHWM") for pid in pids]
-            peak["rss"] = max(peak["rss"], sum(s.get("VmRSS", 0) for s in status))
-            pss = {pid: _fields(pid, "smaps_rollup", "Pss").get("Pss", 0) for pid in pids}
-            peak["pss"] = max(peak["pss"], sum(pss.values()))
-            peak["trainer_pss"] = max(peak["trainer_pss"], pss.get(proc.pid, 0))
-            peak["workers_pss"] = max(peak["workers_pss"], sum(pss.values()) - pss.get(proc.pid, 0))
-            peak["largest"] = max([peak["largest"], *(s.get("VmHWM", 0) for s in status)])
-            peak["processes"] = max(peak["processes"], len(pids))
-            done.wait(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    _, err = proc.communicate()
-    done.set()
-    thread.join()
+    with TreePeaks(proc) as tree:
+        _, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{err[-4000:]}")
-    return {**peak, "wall": time.perf_counter() - start}
+    return {**tree.peak, "wall": time.perf_counter() - start}
 
 
 def prepare(args, work: Path) -> str:
@@ -380,9 +330,9 @@ def report(results: dict[str, list[dict]], args) -> None:
         print(f"  {arm:<30} {median(arm, 'samples/s'):7.1f} samples/s {median(arm, 'tokens/s'):8,.0f} real tokens/s "
               f"(padding {padding:.0%} of token slots); peak tree RSS {median(arm, 'rss') / MiB:5,.0f} MiB, PSS "
               f"{median(arm, 'pss') / MiB:5,.0f} MiB, largest process {median(arm, 'largest') / MiB:5,.0f} MiB "
-              f"(trainer process: peak PSS {median(arm, 'trainer_pss') / MiB:5,.0f} MiB, its peak RSS before the first "
+              f"(trainer process: peak PSS {median(arm, 'root_pss') / MiB:5,.0f} MiB, its peak RSS before the first "
               f"step {median(arm, 'peak_before_training') / MiB:5,.0f} MiB; loader workers: peak PSS "
-              f"{median(arm, 'workers_pss') / MiB:4,.0f} MiB); "
+              f"{median(arm, 'others_pss') / MiB:4,.0f} MiB); "
               f"first loss {runs[0]['first_loss']:.3f}")
     for axes in ("MRL", "MRL+MLL"):
         ours, peer = f"mlembed {axes}", f"sentence-transformers {axes}"

@@ -26,9 +26,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from common import TreePeaks
 
 SOURCES = {"msmarco": (0.35, 24), "hotpotqa": (0.25, 24), "banking77": (0.25, 24), "imdb": (0.15, 1)}
 """Source -> (share of the rows, negative columns)."""
@@ -71,36 +72,6 @@ def make_release(directory: Path, rows: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants, from the parent ids in /proc/*/stat."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(parents.get(pid, []))
-    return out
-
-
-def _status(pid: int, *fields: str, file: str = "status") -> dict[str, int]:
-    """Fields of /proc/PID/status (or ``file``) in bytes (empty when the process is gone)."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
-            key = line.split(":", 1)[0]
-            if key in fields:
-                out[key] = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return out
-
-
 def _children_cpu() -> float:
     """CPU seconds (user + system) of the finished, waited-for descendants of this process."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -111,27 +82,10 @@ def run(argv: list[str], rows: int | None) -> dict:
     """Run one shard build as a process tree; its wall time, records/s and peak memory."""
     start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = {"tree": 0, "pss": 0, "largest": 0, "processes": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            pids = _tree(proc.pid)
-            stats = [_status(pid, "VmRSS", "VmHWM") for pid in pids]
-            peak["tree"] = max(peak["tree"], sum(s.get("VmRSS", 0) for s in stats))
-            peak["pss"] = max(peak["pss"], sum(_status(pid, "Pss", file="smaps_rollup").get("Pss", 0)
-                                               for pid in pids))
-            peak["largest"] = max([peak["largest"], *(s.get("VmHWM", 0) for s in stats)])
-            peak["processes"] = max(peak["processes"], len(pids))
-            done.wait(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out, err = proc.communicate()
-    seconds = time.perf_counter() - start
-    peak["cpu"] = _children_cpu() - cpu  # the process and every descendant it waited for (its workers)
-    done.set()
-    thread.join()
+    with TreePeaks(proc) as tree:
+        out, err = proc.communicate()
+        seconds = time.perf_counter() - start
+    peak = {**tree.peak, "cpu": _children_cpu() - cpu}  # the process and every descendant it waited for
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{err[-3000:]}")
     if rows is None:
@@ -170,7 +124,7 @@ def main() -> None:
 
         idle = run([sys.executable, "-c", "import mlembed.data.f2llm, pyarrow.parquet, webdataset, time; "
                     "time.sleep(1)"], None)
-        print(f"{'imports of a writer':>26}: peak RSS {idle['tree'] / MiB:,.0f} MiB, PSS {idle['pss'] / MiB:,.0f} "
+        print(f"{'imports of a writer':>26}: peak RSS {idle['rss'] / MiB:,.0f} MiB, PSS {idle['pss'] / MiB:,.0f} "
               "MiB (pyarrow, and torch, which webdataset imports; with --workers the parent does not import them)")
         results = {}
         variants = (("1 worker", full, args.rows, 1), ("2 workers", full, args.rows, 2),
@@ -179,16 +133,16 @@ def main() -> None:
             results[name] = result = run(command(files, f"out{i}", workers), rows)
             print(f"{name:>26}: {result['seconds']:6.1f} s, {result['rate']:7,.0f} records/s, CPU "
                   f"{result['cpu']:5.1f} s ({result['cpu'] / result['seconds']:.2f} cores busy); process tree "
-                  f"({result['processes']} processes) peak RSS {result['tree'] / MiB:5,.0f} MiB, PSS "
+                  f"({result['processes']} processes) peak RSS {result['rss'] / MiB:5,.0f} MiB, PSS "
                   f"{result['pss'] / MiB:5,.0f} MiB; largest process {result['largest'] / MiB:4,.0f} MiB")
             if not args.keep:
                 shutil.rmtree(work / f"out{i}", ignore_errors=True)
         base, two, small = results["1 worker"], results["2 workers"], results["1 worker, 1/4 of the rows"]
         print(f"2 workers / 1 worker: records/s {two['rate'] / base['rate']:.2f}x; peak tree RSS "
-              f"{two['tree'] / base['tree']:.2f}x, PSS {two['pss'] / base['pss']:.2f}x; largest process "
+              f"{two['rss'] / base['rss']:.2f}x, PSS {two['pss'] / base['pss']:.2f}x; largest process "
               f"{two['largest'] / base['largest']:.2f}x")
         print(f"1 worker, full / quarter-size release ({args.rows / quarter_rows:.1f}x the rows): peak tree RSS "
-              f"{base['tree'] / small['tree']:.2f}x, largest process {base['largest'] / small['largest']:.2f}x")
+              f"{base['rss'] / small['rss']:.2f}x, largest process {base['largest'] / small['largest']:.2f}x")
     finally:
         if not args.keep and not args.dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""What several benchmarks share: the shipped MiniLM, real sentence pairs, their batch, and the RSS counters (import as ``from common import``;
-the scripts run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``)."""
+"""What several benchmarks share: the shipped MiniLM, real sentence pairs, their batch, RSS counters and the
+peak memory of a process tree (import as ``from common import``; the scripts run as
+``python benchmarks/NAME.py``, which puts this folder on ``sys.path``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,3 +84,72 @@ def in_subprocesses(script: str, names, argv: list[str]) -> dict[str, dict]:
                               capture_output=True, text=True, check=True)
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
     return results
+
+
+# -- peak memory of a process tree (a command and the workers it starts) -----------------------------------
+def tree_pids(root: int) -> list[int]:
+    """``root`` and its descendants, from the parent ids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def proc_fields(pid: int, file: str, *names: str) -> dict[str, int]:
+    """Fields of /proc/PID/<file> (``status``, ``smaps_rollup``) in bytes (empty once the process is gone)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in names:
+                out[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+class TreePeaks:
+    """Samples the process tree of ``proc`` every 20 ms inside ``with``; ``peak`` holds the maxima seen:
+
+    ``rss`` and ``pss`` summed over the tree (PSS splits shared pages among the processes sharing them),
+    ``largest`` (the largest VmHWM of one process), ``root_pss`` (``proc`` alone), ``others_pss`` (its
+    descendants) and ``processes``.
+    """
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.peak = {"rss": 0, "pss": 0, "largest": 0, "processes": 0, "root_pss": 0, "others_pss": 0}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreePeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        peak = self.peak
+        while not self._done.is_set():
+            pids = tree_pids(self.proc.pid)
+            status = [proc_fields(pid, "status", "VmRSS", "VmHWM") for pid in pids]
+            pss = {pid: proc_fields(pid, "smaps_rollup", "Pss").get("Pss", 0) for pid in pids}
+            root = pss.get(self.proc.pid, 0)
+            peak["rss"] = max(peak["rss"], sum(s.get("VmRSS", 0) for s in status))
+            peak["pss"] = max(peak["pss"], sum(pss.values()))
+            peak["root_pss"] = max(peak["root_pss"], root)
+            peak["others_pss"] = max(peak["others_pss"], sum(pss.values()) - root)
+            peak["largest"] = max([peak["largest"], *(s.get("VmHWM", 0) for s in status)])
+            peak["processes"] = max(peak["processes"], len(pids))
+            self._done.wait(0.02)
