@@ -190,15 +190,20 @@ class EmbeddingModule(LightningModule):
         return loss, _log_terms(loss, layer_losses, terms)
 
     def _teacher(self, batch: dict, last: tuple) -> tuple[torch.Tensor, ...] | None:
+        """The teacher's vectors of (queries[, positives]); a bitext batch's positives may take their queries'."""
         if not self.loss_fn.distills:
             return None
+        from_query = batch["task"] == "bitext" and self.loss_fn.kd_bitext_target == "query"
         if self.loss_fn.kd_teacher == "model":
-            return self.frozen_teacher.embed(batch["query"]), self.frozen_teacher.embed(batch["positive"])
+            query = self.frozen_teacher.embed(batch["query"])
+            return query, query if from_query else self.frozen_teacher.embed(batch["positive"])
         if self.loss_fn.kd_teacher == "batch":
             if "teacher_query" not in batch:
                 raise KeyError("--model.loss.kd_teacher=batch but the batch has no 'teacher_query' vectors")
-            return (batch["teacher_query"],)
-        return tuple(torch.nn.functional.normalize(x.detach(), dim=-1) for x in last[:2])
+            query = batch["teacher_query"]
+            return (query, query) if from_query else (query,)
+        query, positive = (torch.nn.functional.normalize(x.detach(), dim=-1) for x in last[:2])
+        return query, query if from_query else positive
 
     def gather(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         """All devices' rows of ``x`` [B, ...] -> [W*B, ...], with the gradient ``mode`` asks for."""

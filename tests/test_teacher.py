@@ -95,6 +95,32 @@ def test_model_step_adds_the_distillation_terms_at_every_layer_and_dim():
     assert logs["loss/kd_sim"] > 0
 
 
+@pytest.mark.parametrize("kind", ["model", "self"])
+def test_bitext_translations_can_be_held_to_their_sources_teacher_vectors(kind):
+    # kd_bitext_target=query: a bitext batch's positives take the teacher's vectors of their queries (the source
+    # sentences); other tasks keep their own, and the default keeps its own everywhere.
+    extra = {} if kind == "model" else {"kd_teacher": "self"}
+    source = distilling(kd_bitext_target="query", **extra)
+    own = distilling(**extra)
+    own.load_state_dict(source.state_dict())
+    depth = source.encoder.backbone.depth
+    bitext, retrieval = make_batch(source, task="bitext"), make_batch(source, task="retrieval")
+    with torch.no_grad():
+        last = (source.encoder(bitext["query"], [depth])[depth], source.encoder(bitext["positive"], [depth])[depth])
+        held = source._teacher(bitext, last)
+        torch.testing.assert_close(held[1], held[0], rtol=0, atol=0)
+        torch.testing.assert_close(held[0], own._teacher(bitext, last)[0], rtol=0, atol=1e-6)
+        assert not torch.allclose(own._teacher(bitext, last)[1], held[0], atol=1e-3)  # default: the translations'
+        mixed = source._teacher(retrieval, last)  # not bitext: each text keeps its own target
+        torch.testing.assert_close(mixed[1], own._teacher(retrieval, last)[1], rtol=0, atol=1e-6)
+        # The terms now agree with the contrastive pull: a student that maps each translation onto its source's
+        # teacher vector has zero distillation loss, which it cannot have under the default.
+        student = (held[0], held[0])
+        terms = source.loss_fn.distillation_terms(student, held)
+        assert terms["kd"] < 1e-10 and terms["kd_sim"] < 1e-10
+        assert own.loss_fn.distillation_terms(student, own._teacher(bitext, last))["kd_sim"] > 1e-4
+
+
 def test_distillation_composes_with_gradient_caching():
     module = distilling("qwen3")
     module.encoder.mel_rank = 16
@@ -161,6 +187,7 @@ def test_distillation_alone_needs_no_contrastive_term():
 @pytest.mark.parametrize("kwargs, flag", [
     ({"kd_similarity_weight": -1.0}, "--model.loss.kd_similarity_weight"),
     ({"kd_teacher": "other"}, "--model.loss.kd_teacher"),
+    ({"kd_bitext_target": "source"}, "--model.loss.kd_bitext_target"),
 ])
 def test_bad_distillation_settings_name_the_flag(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
