@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import re
 import sys
+import traceback
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -332,10 +335,66 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] in TOOLS:
         return int(_tool(args[0])(args[1:]) or 0)
-    # None lets LightningCLI read sys.argv itself (it warns when given both).
-    lightning_main(None if argv is None else args)
+    try:
+        # None lets LightningCLI read sys.argv itself (it warns when given both).
+        lightning_main(None if argv is None else args)
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        command = args[0] if args and not args[0].startswith("-") else "fit"
+        print(f"mlembed {command}: error: {message}\n(the traceback: set {TRACEBACK_ENV}=1)", file=sys.stderr)
+        return 2
     release_process_group()
     return 0
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+"""The exception types mlembed raises for bad settings and input: each message names the flag, file or record."""
+TRACEBACK_ENV = "MLEMBED_TRACEBACK"
+PACKAGE = Path(__file__).resolve().parent
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line \d+')
+_RAISED = re.compile(r"^(?:[\w.]+\.)?(?P<type>\w+): (?P<message>.*)", re.DOTALL)
+
+
+def user_error(err: BaseException) -> str | None:
+    """The message of mlembed's own report of a user's mistake in ``err``, or None (a bug: keep the traceback).
+
+    A user's mistake is an exception of ``USER_ERRORS`` raised by mlembed's own code (the innermost frame is in
+    the package), met on ``err`` or on the chain of exceptions that caused it (jsonargparse wraps a settings
+    class's error in its own), or one a loader worker raised (torch re-raises it with the worker's traceback as
+    text). The same types raised inside torch or transformers keep their traceback, as does everything when
+    ``MLEMBED_TRACEBACK`` is set.
+    """
+    if os.environ.get(TRACEBACK_ENV):
+        return None
+    while err is not None:
+        if isinstance(err, USER_ERRORS) and err.__traceback__ is not None:
+            innermost = Path(traceback.extract_tb(err.__traceback__)[-1].filename).resolve()
+            if innermost.is_relative_to(PACKAGE):
+                return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        message = _worker_user_error(str(err))
+        if message is not None:
+            return message
+        err = err.__cause__
+    return None
+
+
+def _worker_user_error(text: str) -> str | None:
+    """The user-error message inside a loader worker's re-raised traceback text (see ``user_error``), or None."""
+    if "\nOriginal Traceback (most recent call last):" not in text:
+        return None
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if _FRAME.match(line)]
+    if not frames:
+        return None
+    innermost = Path(_FRAME.match(lines[frames[-1]])["file"]).resolve()
+    raised = next((i for i in range(frames[-1] + 1, len(lines)) if not lines[i].startswith(" ")), None)
+    found = _RAISED.match("\n".join(lines[raised:])) if raised is not None else None
+    known = {kind.__name__ for kind in USER_ERRORS} | {"RecordError", "ShardError"}
+    if found is None or found["type"] not in known or not innermost.is_relative_to(PACKAGE):
+        return None
+    return found["message"].strip()
 
 
 def release_process_group() -> None:

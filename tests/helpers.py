@@ -75,15 +75,18 @@ def make_batch(module: EmbeddingModule, queries: Sequence[str] = QUERIES, positi
 
 
 def failure(capsys, argv: list[str]) -> str:
-    """Run ``python -m mlembed ARGV`` in-process, which must fail; the text the user sees (error + stderr)."""
+    """Run ``python -m mlembed ARGV`` in-process, which must fail with an error message and an exit code, not an
+    exception (a user's mistake gets no traceback); the text the user sees on stderr."""
     try:
         code = main(argv)
     except SystemExit as stop:
         code = stop.code
-    except Exception as err:  # any type will do: the message is what the user reads
-        return f"{type(err).__name__}: {err}\n{capsys.readouterr().err}"
+    except Exception as err:
+        raise AssertionError(f"{argv[:2]} raised {type(err).__name__} (a traceback) instead of printing: {err}") from err
     assert code not in (0, None), f"{argv[:2]} succeeded on bad input"
-    return capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err
 
 
 def snapshot(directory: Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,10 +33,23 @@ def seeded(*parts: object) -> random.Random:
     return random.Random("/".join(str(p) for p in parts))
 
 
+class ShardError(ValueError):
+    """A shard that cannot be read (missing, damaged or truncated tar, a sample without valid JSON), by its URL."""
+
+
 def read_samples(urls: list[str]) -> Iterator[dict]:
-    """Decoded samples of ``urls`` in order (any location webdataset opens: paths, ``pipe:``, http)."""
-    for sample in wds.tarfile_to_samples()({"url": u} for u in urls):
-        yield json.loads(sample["json"])
+    """Decoded samples of ``urls`` in order (any location webdataset opens: paths, ``pipe:``, http).
+
+    Raises:
+        ShardError: naming the shard and the reason, whatever went wrong reading it.
+    """
+    for url in urls:
+        try:
+            for sample in wds.tarfile_to_samples()([{"url": url}]):
+                yield json.loads(sample["json"])
+        except (tarfile.TarError, EOFError, OSError, KeyError, json.JSONDecodeError) as err:
+            reason = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
+            raise ShardError(f"damaged shard: {reason} in {url}") from err
 
 
 def slot_samples(source: ShardSource, slot: int, slots: int, epoch: int | None, seed: int) -> Iterator[dict]:
