@@ -144,14 +144,27 @@ def _build(output, overwrite: bool, fill: Callable[[Path], ShardManifest]) -> Sh
     """Run ``fill`` (shards, then the manifest) into ``output``, or into a staging directory swapped in after."""
     directory = prepare_output(output, overwrite)
     if directory == Path(output):  # a new or empty output: nothing earlier to keep
-        return fill(directory)
+        manifest = fill(directory)
+        if not manifest.shards and manifest.invalid:
+            for item in directory.iterdir():  # only what this build wrote (the manifest)
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+            _refuse_empty(manifest)
+        return manifest
     try:
         manifest = fill(directory)
+        if not manifest.shards and manifest.invalid:
+            _refuse_empty(manifest)  # before the swap: the earlier shards stay
         _swap_in(directory, Path(output))
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)  # the earlier shards in ``output`` are untouched
         raise
     return manifest
+
+
+def _refuse_empty(manifest: ShardManifest) -> None:
+    examples = "".join(f"\n  {example}" for example in manifest.invalid_examples)
+    raise ValueError(f"every record was invalid ({manifest.invalid} skipped by --skip-invalid: "
+                     f"{json.dumps(manifest.invalid_reasons)}); no shards written. First ones:{examples}")
 
 
 def _fill(directory: Path, stream, shard_size: int, skip_invalid: bool, total) -> ShardManifest:

@@ -68,6 +68,19 @@ def test_invalid_utf8_line_is_skipped_and_counted_with_skip_invalid(capsys, tmp_
     assert "2 samples" in capsys.readouterr().out
 
 
+def test_skip_invalid_with_no_valid_record_fails_and_keeps_earlier_shards(capsys, tmp_path):
+    bad = write_bytes(tmp_path / "bad.jsonl", bad_utf8_line(), bad_utf8_line())
+    message = failure(capsys, shards(bad, tmp_path / "new", "--skip-invalid"))
+    assert "every record was invalid (2 skipped by --skip-invalid" in message and f"{bad}:1: not valid UTF-8" in message
+    assert not list((tmp_path / "new").iterdir())  # no empty manifest that would read as a finished build
+    good = write_bytes(tmp_path / "good.jsonl", *(line.encode() for line in GOOD))
+    out = tmp_path / "out"
+    assert main(shards(good, out)) == 0
+    before = snapshot(out)
+    assert "every record was invalid" in failure(capsys, shards(bad, out, "--skip-invalid", "--overwrite"))
+    assert snapshot(out) == before
+
+
 def test_invalid_utf8_keeps_earlier_shards_on_overwrite(capsys, tmp_path):
     good = write_bytes(tmp_path / "good.jsonl", *(line.encode() for line in GOOD))
     out = tmp_path / "out"
