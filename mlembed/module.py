@@ -281,6 +281,13 @@ class EmbeddingModule(LightningModule):
         # trainer.model, not self: under FSDP only the wrapped module's (flat) parameters are real.
         return self.optimizer_config.build(self.trainer.model.parameters(), int(self.trainer.estimated_stepping_batches))
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Free the gradients as soon as the step has used them. Lightning zeroes them only inside the next
+        # step's closure, after its forward: the next forward would hold them as well (one model's worth of
+        # memory at the step's peak). Numerically the same: they are zeroed before the next backward either way.
+        optimizer.zero_grad(set_to_none=True)
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # FSDP precision plugins reject Lightning's clipping; FSDP itself clips across shards.
         if gradient_clip_val is None:

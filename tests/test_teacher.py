@@ -52,7 +52,8 @@ def test_teacher_gets_no_gradient_no_optimizer_state_and_never_changes():
     for key, value in module.frozen_teacher.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
     student_embedding = module.encoder.backbone.model.embeddings.word_embeddings.A
-    assert trainer.global_step == 3 and student_embedding.grad is not None  # the student did train
+    # The student did train (the module frees its gradients after each step: its optimizer state shows the steps).
+    assert trainer.global_step == 3 and int(optimizer.state[student_embedding]["step"]) == 3
 
 
 def test_the_starting_model_teaches_itself_exactly_at_the_full_point():
