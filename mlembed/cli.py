@@ -23,6 +23,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 from mlembed import sharded
+from mlembed.data.records import RecordError
+from mlembed.data.stream import ShardError
 from mlembed.module import EmbeddingModule
 from mlembed.wandb_config import WandbSaveConfig
 
@@ -391,7 +393,7 @@ def _worker_user_error(text: str) -> str | None:
     innermost = Path(_FRAME.match(lines[frames[-1]])["file"]).resolve()
     raised = next((i for i in range(frames[-1] + 1, len(lines)) if not lines[i].startswith(" ")), None)
     found = _RAISED.match("\n".join(lines[raised:])) if raised is not None else None
-    known = {kind.__name__ for kind in USER_ERRORS} | {"RecordError", "ShardError"}
+    known = {kind.__name__ for kind in (*USER_ERRORS, RecordError, ShardError)}
     if found is None or found["type"] not in known or not innermost.is_relative_to(PACKAGE):
         return None
     return found["message"].strip()
