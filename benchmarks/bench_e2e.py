@@ -29,7 +29,8 @@ share them, so a forked worker is not charged the parent's pages twice), and the
 (VmHWM).
 
     python benchmarks/bench_e2e.py [--batch 32] [--steps 40] [--warmup 5] [--repeats 2] [--data data/demo]
-    python benchmarks/bench_e2e.py --smoke    # seconds: 4 steps of batch 4, one round (checks the code paths)
+    python benchmarks/bench_e2e.py --smoke    # seconds: 2 steps of batch 2 (1 timed), one round, one shard of
+                                              # pairs for sentence-transformers (checks the code paths)
 """
 
 from __future__ import annotations
@@ -150,15 +151,16 @@ def arm_env(args) -> dict:
 
 
 # -- the sentence-transformers arm ------------------------------------------------------------------------------
-def st_pairs(data: str, seed: int = 0) -> dict[str, list[str]]:
-    """The stage-1 pairs as columns (anchor, positive, negative): every sample once, one of its negatives."""
+def st_pairs(data: str, seed: int = 0, shards: int | None = None) -> dict[str, list[str]]:
+    """The stage-1 pairs as columns (anchor, positive, negative): every sample of the first ``shards`` shards (None:
+    all) once, one of its negatives."""
     import glob
 
     import webdataset as wds
 
     rng = random.Random(seed)
     columns: dict[str, list[str]] = {"anchor": [], "positive": [], "negative": []}
-    urls = sorted(glob.glob(f"{data}/stage1/train/*.tar"))
+    urls = sorted(glob.glob(f"{data}/stage1/train/*.tar"))[:shards]
     for sample in wds.tarfile_to_samples()({"url": u} for u in urls):
         row = json.loads(sample["json"])
         own = [t for t in row["negatives"] if t != row["positive"]] or [row["positive"]]
@@ -261,7 +263,7 @@ def prepare(args, work: Path) -> str:
 
     build_demo(args.data)
     target = work / "st-dataset"
-    columns = st_pairs(args.data)
+    columns = st_pairs(args.data, shards=1 if args.smoke else None)  # smoke: reading all shards outlasts its steps
     datasets.Dataset.from_dict(columns).save_to_disk(str(target))
     print(f"pairs: {len(columns['anchor']):,} stage-1 samples of {args.data} (query, positive, 1 hard negative); "
           f"batch {args.batch}, {args.steps} steps ({args.warmup} warm-up, untimed), max_seq_length {MAX_LEN}, "
@@ -283,7 +285,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS, metavar="ARM",
                         help=f"which arms to run (default all: {', '.join(ARMS)})")
     parser.add_argument("--data", default=str(ROOT / "data/demo"), help="the demo data (built here if missing)")
-    parser.add_argument("--smoke", action="store_true", help="4 steps of batch 4, one round: checks the code paths")
+    parser.add_argument("--smoke", action="store_true", help="2 steps of batch 2, one round: checks the code paths")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one sentence-transformers arm
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -292,7 +294,7 @@ def main() -> None:
         run_st(args)
         return
     if args.smoke:
-        args.batch, args.steps, args.warmup, args.repeats = 4, 4, 1, 1
+        args.batch, args.steps, args.warmup, args.repeats = 2, 2, 1, 1
     if args.steps <= args.warmup:
         parser.error("--steps must be more than --warmup")
     begin = time.perf_counter()
