@@ -49,12 +49,14 @@ class ContrastiveLoss:
     """Teacher of the distillation terms: ``self`` (this step's last layer at full width and rank, detached),
     ``batch`` (vectors stored with the data, ``batch["teacher_query"]``) or ``model`` (a separate frozen model:
     ``--model.teacher``, by default the starting model itself)."""
-    kd_bitext_target: Literal["positive", "query"] = "positive"
+    kd_bitext_target: Literal["positive", "query", "none"] = "positive"
     """The teacher's vectors that a ``bitext`` batch's positives (the translations) are held to: ``positive`` (the
-    teacher's vectors of the translations themselves) or ``query`` (of their source sentences). A teacher that knows
+    teacher's vectors of the translations themselves), ``query`` (of their source sentences) or ``none`` (not held:
+    only the sources are distilled, and the translations are left to the contrastive term). A teacher that knows
     only the source language places a translation wherever its tokens fall, and holding the student there fights
     the contrastive term, which pulls the translation onto its source; ``query`` makes both terms agree (multilingual
-    knowledge distillation: the translation's target is the source's teacher vector)."""
+    knowledge distillation: the translation's target is the source's teacher vector), ``none`` distills only the
+    text that such a teacher can read."""
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -66,8 +68,8 @@ class ContrastiveLoss:
             raise ValueError(f"--model.loss.gather_grad ({self.gather_grad!r}) must be none, local or all")
         if self.kd_teacher not in ("self", "batch", "model"):
             raise ValueError(f"--model.loss.kd_teacher ({self.kd_teacher!r}) must be self, batch or model")
-        if self.kd_bitext_target not in ("positive", "query"):
-            raise ValueError(f"--model.loss.kd_bitext_target ({self.kd_bitext_target!r}) must be positive or query")
+        if self.kd_bitext_target not in ("positive", "query", "none"):
+            raise ValueError(f"--model.loss.kd_bitext_target ({self.kd_bitext_target!r}) must be positive, query or none")
         if not (self.in_batch or self.hard_negatives or self.distills):
             raise ValueError("--model.loss.in_batch and --model.loss.hard_negatives are both off and nothing is "
                              "distilled (--model.loss.kd_weight / kd_similarity_weight): no loss left")

@@ -193,17 +193,23 @@ class EmbeddingModule(LightningModule):
         """The teacher's vectors of (queries[, positives]); a bitext batch's positives may take their queries'."""
         if not self.loss_fn.distills:
             return None
-        from_query = batch["task"] == "bitext" and self.loss_fn.kd_bitext_target == "query"
+        target = self.loss_fn.kd_bitext_target if batch["task"] == "bitext" else "positive"
+        # A teacher of one group only (the queries) leaves the positives out of both distillation terms.
         if self.loss_fn.kd_teacher == "model":
             query = self.frozen_teacher.embed(batch["query"])
-            return query, query if from_query else self.frozen_teacher.embed(batch["positive"])
-        if self.loss_fn.kd_teacher == "batch":
+            if target == "positive":
+                return query, self.frozen_teacher.embed(batch["positive"])
+        elif self.loss_fn.kd_teacher == "batch":
             if "teacher_query" not in batch:
                 raise KeyError("--model.loss.kd_teacher=batch but the batch has no 'teacher_query' vectors")
             query = batch["teacher_query"]
-            return (query, query) if from_query else (query,)
-        query, positive = (torch.nn.functional.normalize(x.detach(), dim=-1) for x in last[:2])
-        return query, query if from_query else positive
+            if target == "positive":
+                return (query,)
+        else:
+            query, positive = (torch.nn.functional.normalize(x.detach(), dim=-1) for x in last[:2])
+            if target == "positive":
+                return query, positive
+        return (query, query) if target == "query" else (query,)
 
     def gather(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         """All devices' rows of ``x`` [B, ...] -> [W*B, ...], with the gradient ``mode`` asks for."""

@@ -122,6 +122,33 @@ def test_bitext_translations_can_be_held_to_their_sources_teacher_vectors(kind):
         assert own.loss_fn.distillation_terms(student, own._teacher(bitext, last))["kd_sim"] > 1e-4
 
 
+@pytest.mark.parametrize("kind", ["model", "self"])
+def test_bitext_translations_can_be_left_out_of_distillation(kind):
+    # kd_bitext_target=none: a bitext batch distils its queries only; the translations get no distillation
+    # gradient at all, and other tasks keep both groups.
+    extra = {} if kind == "model" else {"kd_teacher": "self"}
+    free = distilling(kd_bitext_target="none", **extra)
+    own = distilling(**extra)
+    own.load_state_dict(free.state_dict())
+    depth = free.encoder.backbone.depth
+    bitext, retrieval = make_batch(free, task="bitext"), make_batch(free, task="retrieval")
+    with torch.no_grad():
+        last = (free.encoder(bitext["query"], [depth])[depth], free.encoder(bitext["positive"], [depth])[depth])
+        held = free._teacher(bitext, last)
+        assert len(held) == 1
+        torch.testing.assert_close(held[0], own._teacher(bitext, last)[0], rtol=0, atol=1e-6)
+        assert len(free._teacher(retrieval, last)) == 2
+    query, positive = (torch.nn.functional.normalize(x, dim=-1).requires_grad_() for x in last)
+    terms = free.loss_fn.distillation_terms((query, positive), held)
+    sum(terms.values()).backward()
+    assert set(terms) == {"kd", "kd_sim"} and float(query.grad.abs().sum()) > 0
+    assert positive.grad is None or float(positive.grad.abs().sum()) == 0
+    # The same student under the default does pull the translations.
+    query.grad = positive.grad = None
+    sum(own.loss_fn.distillation_terms((query, positive), own._teacher(bitext, last)).values()).backward()
+    assert float(positive.grad.abs().sum()) > 0
+
+
 def test_distillation_composes_with_gradient_caching():
     module = distilling("qwen3")
     module.encoder.mel_rank = 16
