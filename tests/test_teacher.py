@@ -96,18 +96,26 @@ def test_model_step_adds_the_distillation_terms_at_every_layer_and_dim():
     assert logs["loss/kd_sim"] > 0
 
 
+def with_bitext_target(kind: str, target: str):
+    """A distilling module with ``kd_bitext_target=target``, one with the default and the same weights, a bitext
+    and a retrieval batch, and the first module's last-layer vectors of the bitext batch."""
+    extra = {} if kind == "model" else {"kd_teacher": "self"}
+    module = distilling(kd_bitext_target=target, **extra)
+    own = distilling(**extra)
+    own.load_state_dict(module.state_dict())
+    depth = module.encoder.backbone.depth
+    bitext, retrieval = make_batch(module, task="bitext"), make_batch(module, task="retrieval")
+    with torch.no_grad():
+        last = (module.encoder(bitext["query"], [depth])[depth], module.encoder(bitext["positive"], [depth])[depth])
+    return module, own, bitext, retrieval, last
+
+
 @pytest.mark.parametrize("kind", ["model", "self"])
 def test_bitext_translations_can_be_held_to_their_sources_teacher_vectors(kind):
     # kd_bitext_target=query: a bitext batch's positives take the teacher's vectors of their queries (the source
     # sentences); other tasks keep their own, and the default keeps its own everywhere.
-    extra = {} if kind == "model" else {"kd_teacher": "self"}
-    source = distilling(kd_bitext_target="query", **extra)
-    own = distilling(**extra)
-    own.load_state_dict(source.state_dict())
-    depth = source.encoder.backbone.depth
-    bitext, retrieval = make_batch(source, task="bitext"), make_batch(source, task="retrieval")
+    source, own, bitext, retrieval, last = with_bitext_target(kind, "query")
     with torch.no_grad():
-        last = (source.encoder(bitext["query"], [depth])[depth], source.encoder(bitext["positive"], [depth])[depth])
         held = source._teacher(bitext, last)
         torch.testing.assert_close(held[1], held[0], rtol=0, atol=0)
         torch.testing.assert_close(held[0], own._teacher(bitext, last)[0], rtol=0, atol=1e-6)
@@ -126,14 +134,8 @@ def test_bitext_translations_can_be_held_to_their_sources_teacher_vectors(kind):
 def test_bitext_translations_can_be_left_out_of_distillation(kind):
     # kd_bitext_target=none: a bitext batch distils its queries only; the translations get no distillation
     # gradient at all, and other tasks keep both groups.
-    extra = {} if kind == "model" else {"kd_teacher": "self"}
-    free = distilling(kd_bitext_target="none", **extra)
-    own = distilling(**extra)
-    own.load_state_dict(free.state_dict())
-    depth = free.encoder.backbone.depth
-    bitext, retrieval = make_batch(free, task="bitext"), make_batch(free, task="retrieval")
+    free, own, bitext, retrieval, last = with_bitext_target(kind, "none")
     with torch.no_grad():
-        last = (free.encoder(bitext["query"], [depth])[depth], free.encoder(bitext["positive"], [depth])[depth])
         held = free._teacher(bitext, last)
         assert len(held) == 1
         torch.testing.assert_close(held[0], own._teacher(bitext, last)[0], rtol=0, atol=1e-6)
