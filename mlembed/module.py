@@ -190,7 +190,8 @@ class EmbeddingModule(LightningModule):
         return loss, _log_terms(loss, layer_losses, terms)
 
     def _teacher(self, batch: dict, last: tuple) -> tuple[torch.Tensor, ...] | None:
-        """The teacher's vectors of (queries[, positives]); a bitext batch's positives may take their queries'."""
+        """The teacher's vectors of (queries[, positives]); a bitext batch's positives may take their queries' vectors
+        (``kd_bitext_target=query``) or none (``none``: the queries alone are distilled)."""
         if not self.loss_fn.distills:
             return None
         target = self.loss_fn.kd_bitext_target if batch["task"] == "bitext" else "positive"
