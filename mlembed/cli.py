@@ -335,16 +335,16 @@ def _tool(name: str) -> Callable[[list[str]], int]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m mlembed`` and the ``mlembed`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if args and args[0] in TOOLS:
-        return int(_tool(args[0])(args[1:]) or 0)
+    command = args[0] if args and not args[0].startswith("-") else "fit"
     try:
+        if command in TOOLS:
+            return int(_tool(command)(args[1:]) or 0)
         # None lets LightningCLI read sys.argv itself (it warns when given both).
         lightning_main(None if argv is None else args)
     except Exception as err:
         message = user_error(err)
         if message is None:
             raise
-        command = args[0] if args and not args[0].startswith("-") else "fit"
         print(f"mlembed {command}: error: {message}\n(the traceback: set {TRACEBACK_ENV}=1)", file=sys.stderr)
         return 2
     release_process_group()

@@ -67,13 +67,45 @@ class Encoder(nn.Module):
         """Load or create the backbone and install the MEL factors (idempotent)."""
         self.build_backbone()
         if self.max_rank is not None and self.factorized_embedding is None:
-            check_rank(self.max_rank, self.backbone.hidden_size, self.backbone.vocab_size)
-            original = self.backbone.model.get_input_embeddings()
-            factors = FactorizedEmbedding(
-                original.num_embeddings, original.embedding_dim, self.max_rank, dtype=original.weight.dtype
-            )
-            factors.source_weight = original.weight.detach()
-            self.backbone.model.set_input_embeddings(factors)
+            self._install_factors()
+        return self
+
+    def _install_factors(self) -> FactorizedEmbedding:
+        """Put MEL factors of rank ``max_rank`` in place of the ordinary token embedding (not yet initialised)."""
+        check_rank(self.max_rank, self.backbone.hidden_size, self.backbone.vocab_size)
+        original = self.backbone.model.get_input_embeddings()
+        factors = FactorizedEmbedding(
+            original.num_embeddings, original.embedding_dim, self.max_rank, dtype=original.weight.dtype
+        )
+        factors.to(original.weight.device)
+        factors.source_weight = original.weight.detach()
+        self.backbone.model.set_input_embeddings(factors)
+        return factors
+
+    def factorize_by_svd(self, ranks: Sequence[int]) -> Encoder:
+        """Score a model trained without MEL at ``ranks``: its token embedding becomes the SVD factors of its values.
+
+        Rank k is then the direct SVD truncation of the trained matrix, the baseline that MEL is measured against
+        (the same training without the rank axis, truncated). The factors have the full rank (hidden size, at
+        most the vocabulary), so the full rank reproduces the model; ``ranks`` (and the full rank) become the
+        grid's ranks.
+
+        Raises:
+            ValueError: the model already has MEL factors (its ranks were trained), or a rank is out of range.
+        """
+        self.build()
+        if self.factorized_embedding is not None:
+            raise ValueError("the model was trained with MEL: its own ranks are the trained ones, not an SVD "
+                             "truncation (score them with --ranks)")
+        full = min(self.backbone.hidden_size, self.backbone.vocab_size)
+        for rank in ranks:
+            if not 1 <= rank <= full:
+                raise ValueError(f"--svd-ranks {rank}: outside [1, {full}] (the embedding matrix's full rank)")
+        self.max_rank = full
+        factors = self._install_factors()
+        factors.init_from(factors.source_weight)
+        points = self.points()
+        self.grid = PointGrid(ranks=tuple(sorted({*ranks, full})), depths=points.depths, dims=points.dims)
         return self
 
     def build_backbone(self) -> Backbone:

@@ -132,6 +132,7 @@ def load(
     depth: int | None = None,
     dim: int | None = None,
     device: str | torch.device = "cpu",
+    svd_ranks: Sequence[int] | None = None,
 ) -> Embedder:
     """Load an encoder from a Lightning checkpoint or an export directory (compat or efficiency).
 
@@ -141,16 +142,24 @@ def load(
         depth: number of layers (default: all the source has).
         dim: embedding size of ``encode`` (default: the checkpoint's hidden size, or the export's dim).
         device: where the model runs.
+        svd_ranks: for a model without MEL factors (trained with MEL off, or a compat export): serve these ranks
+            as the direct SVD truncation of its embedding matrix (:meth:`Encoder.factorize_by_svd`), the baseline
+            of a MEL ablation. ``rank`` then defaults to the full rank.
 
     Returns:
         An Embedder; ``encode(texts)`` gives L2-normalised [N, dim] vectors.
     """
     path = Path(source)
     if not path.is_dir() or is_sharded_checkpoint(path):
-        encoder = load_checkpoint(path).to(device)
+        encoder = load_checkpoint(path)
+        if svd_ranks:
+            _factorize(encoder, svd_ranks, path)
+        encoder.to(device)
         point = resolve_point(encoder.shape(), rank=rank, depth=depth, dim=dim)
         return Embedder(encoder, rank=point.rank, depth=point.depth, dim=point.dim)
     encoder, manifest = load_export(path)
+    if svd_ranks:
+        _factorize(encoder, svd_ranks, path)
     encoder.to(device)
     dim = manifest.dim if dim is None else dim
     if encoder.factorized_embedding is not None:
@@ -161,6 +170,13 @@ def load(
         raise ValueError(f"rank {rank} asked for, but {path} is a compat export, dense at rank {manifest.rank}")
     point = resolve_point(encoder.shape(), rank=None, depth=depth, dim=dim)
     return Embedder(encoder, rank=manifest.rank, depth=point.depth, dim=point.dim)
+
+
+def _factorize(encoder: Encoder, ranks: Sequence[int], path: Path) -> None:
+    try:
+        encoder.factorize_by_svd(ranks)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Encoder:

@@ -113,3 +113,38 @@ def test_bad_sources_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(tmp_path))} is not an mlembed export: "
                                                 rf"{re.escape(str(tmp_path))}/mlembed\.json is missing"):
         mlembed.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def without_mel(tmp_path_factory):
+    """A tiny BERT trained with MEL off, and its checkpoint."""
+    return fit_checkpoint("bert", tmp_path_factory.mktemp("dense"), mel=False)
+
+
+def svd_truncated(matrix: torch.Tensor, rank: int) -> torch.Tensor:
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    return ((u[:, :rank] * s[:rank]) @ vh[:rank]).to(matrix.dtype)
+
+
+def test_a_model_trained_without_mel_serves_ranks_by_direct_svd_truncation(without_mel, sources):
+    module, ckpt = without_mel
+    encoder = mlembed.load(ckpt, svd_ranks=[16, 8])
+    hidden = module.encoder.backbone.hidden_size
+    assert encoder.points().ranks == (8, 16, hidden) and encoder.rank == hidden
+    assert encoder.points().depths == module.encoder.points().depths
+    # The full rank is the trained model itself.
+    assert torch.allclose(encoder.encode(TEXTS), module.encoder.encode(TEXTS), atol=1e-5)
+    # Rank 8 is the trained model with its embedding matrix replaced by the matrix's best rank-8 fit.
+    truncated = module.encoder.backbone.model.get_input_embeddings().weight.detach()
+    expected_model = mlembed.load(ckpt)
+    with torch.no_grad():
+        expected_model.encoder.backbone.model.get_input_embeddings().weight.copy_(svd_truncated(truncated, 8))
+    got = encoder.embed(TEXTS, rank=8, depth=2)
+    assert torch.allclose(got, expected_model.embed(TEXTS, depth=2), atol=1e-4)
+    assert not torch.allclose(got, encoder.embed(TEXTS, depth=2), atol=1e-2)  # the truncation changes the model
+    assert encoder.num_parameters(rank=8) < encoder.num_parameters()
+    # A model trained with MEL has its own ranks; a rank beyond the matrix's is refused.
+    with pytest.raises(ValueError, match=r"qwen3\.ckpt: the model was trained with MEL"):
+        mlembed.load(sources[1], svd_ranks=[8])
+    with pytest.raises(ValueError, match=rf"--svd-ranks {hidden + 1}: outside \[1, {hidden}\]"):
+        mlembed.load(ckpt, svd_ranks=[hidden + 1])

@@ -40,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="the demo's output directory (its eval/*.jsonl feed bitext and dialogue)")
     p.add_argument("--out", default="evaluation", help="directory for grid.csv, grid.md and the plots")
     p.add_argument("--ranks", nargs="+", type=int, help="ranks to score (default: the model's)")
+    p.add_argument("--svd-ranks", nargs="+", type=int, metavar="K",
+                   help="score a model without MEL factors (trained with MEL off, or a compat export) at these "
+                        "ranks, each the direct SVD truncation of its embedding matrix: the baseline of a MEL "
+                        "ablation (the full rank is scored too)")
     p.add_argument("--depths", nargs="+", type=int, help="depths to score (default: the model's)")
     p.add_argument("--dims", nargs="+", type=int, help="dims to score (default: the model's)")
     p.add_argument("--max-pairs-per-language", type=int, default=EvalCaps.max_pairs_per_language,
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
         return evaluate_mteb(args, local_tasks)
     if point_flags:
         return _error(f"{'/'.join(point_flags)} choose the point of --mteb; the grid takes --ranks/--depths/--dims")
+    if args.svd_ranks and args.ranks:
+        return _error("--svd-ranks already names the ranks to score: drop --ranks")
     import mlembed  # mlembed.load imports the model code on first use
 
     caps = EvalCaps(
@@ -96,7 +102,11 @@ def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
                         instructions=not args.no_instructions)
     group = torch_distributed_group(args.device)  # under torchrun: every process embeds a share of the texts
     device = args.device if group is None else group[3]
-    encoder = mlembed.load(args.model, device=device)
+    encoder = mlembed.load(args.model, device=device, **({"svd_ranks": args.svd_ranks} if args.svd_ranks else {}))
+    if args.ranks and getattr(encoder, "dense", False) and set(args.ranks) != {encoder.rank}:
+        return _error(f"--ranks {' '.join(map(str, args.ranks))}: {args.model} has no MEL factors (trained with MEL "
+                      f"off, or a compat export): --svd-ranks {' '.join(map(str, args.ranks))} scores the direct "
+                      "SVD truncation of its embedding matrix at those ranks")
     budget = args.budget_params is not None or args.budget_bytes is not None
     axes = _axes(encoder, args, whole_grid=args.grid or budget)
     if group is not None:

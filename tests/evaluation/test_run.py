@@ -85,3 +85,30 @@ def test_real_checkpoint_through_mlembed_load(sts_file, tmp_path):
     points = module.encoder.points()
     assert code == 0
     assert len(grid_points(tmp_path / "out")) == len(points.ranks) * len(points.depths) * len(points.dims)
+
+
+def test_svd_ranks_score_a_model_trained_without_mel(sts_file, tmp_path, capsys):
+    from tests.test_export import fit_checkpoint
+
+    module, ckpt = fit_checkpoint("bert", tmp_path, mel=False)
+    hidden = module.encoder.backbone.hidden_size
+    common = ["--model", str(ckpt), "--tasks", f"sts:{sts_file}", "--grid", "--no-plots", "--dims", str(hidden)]
+    assert main([*common, "--ranks", "8", "--out", str(tmp_path / "refused")]) == 2
+    assert "--svd-ranks 8 scores the direct SVD truncation" in capsys.readouterr().err
+    assert main([*common, "--ranks", "8", "--svd-ranks", "8", "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+
+    assert main([*common, "--svd-ranks", "8", "16", "--out", str(tmp_path / "svd")]) == 0
+    assert main([*common, "--out", str(tmp_path / "dense")]) == 0
+    svd, dense = rows(tmp_path / "svd"), rows(tmp_path / "dense")
+    depths = module.encoder.points().depths
+    assert set(svd) == {(str(r), str(d)) for r in (8, 16, hidden) for d in depths}
+    assert set(dense) == {("", str(d)) for d in depths}  # a dense model has no rank axis
+    for d in depths:  # the full rank is the trained model itself
+        assert svd[(str(hidden), str(d))] == pytest.approx(dense[("", str(d))], abs=1e-4)
+
+
+def rows(out) -> dict:
+    """``{(rank, depth): spearman}`` of a grid.csv."""
+    with (out / "grid.csv").open() as handle:
+        return {(r["rank"], r["depth"]): float(r["value"]) for r in csv.DictReader(handle) if r["metric"] == "spearman"}

@@ -45,6 +45,20 @@ def test_fit_with_a_bad_flag_prints_one_message_and_exits_2():
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr and TEMPERATURE in verbose.stderr
 
 
+def test_a_tools_user_error_is_one_message_and_exit_2(tmp_path, monkeypatch, capsys):
+    from mlembed.cli import main
+
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    missing = tmp_path / "missing.ckpt"
+    assert main(["evaluate", "--model", str(missing), "--tasks", "lee"]) == 2
+    assert capsys.readouterr().err.startswith(f"mlembed evaluate: error: checkpoint {missing} does not exist\n")
+    assert main(["evaluate", "--model", str(missing), "--tasks", "bitext"]) == 2  # bitext needs --data-dir
+    assert "mlembed evaluate: error: --tasks bitext: reads DATA_DIR/eval/bitext.jsonl" in capsys.readouterr().err
+    monkeypatch.setenv(TRACEBACK_ENV, "1")  # ... and the traceback is one setting away
+    with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
+        main(["evaluate", "--model", str(missing), "--tasks", "lee"])
+
+
 def test_mlembeds_own_error_is_the_users_and_others_are_bugs(monkeypatch):
     monkeypatch.delenv(TRACEBACK_ENV, raising=False)
     assert user_error(caught(ContrastiveLoss, -1.0)) == TEMPERATURE
