@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--svd-ranks", nargs="+", type=int, metavar="K",
                    help="score a model without MEL factors (trained with MEL off, or a compat export) at these "
                         "ranks, each the direct SVD truncation of its embedding matrix: the baseline of a MEL "
-                        "ablation (the full rank is scored too)")
+                        "ablation (the full rank is scored too; with --mteb, --rank picks one of them)")
     p.add_argument("--depths", nargs="+", type=int, help="depths to score (default: the model's)")
     p.add_argument("--dims", nargs="+", type=int, help="dims to score (default: the model's)")
     p.add_argument("--max-pairs-per-language", type=int, default=EvalCaps.max_pairs_per_language,
@@ -139,7 +139,8 @@ def evaluate_mteb(args: argparse.Namespace, local_tasks: Sequence[Any] = ()) -> 
     from mlembed.evaluation.mteb_adapter import MTEBEncoder
 
     instructions = _read_mapping(args.instructions) if args.instructions else {}
-    encoder = mlembed.load(args.model, rank=args.rank, depth=args.depth, dim=args.dim, device=args.device)
+    encoder = mlembed.load(args.model, rank=args.rank, depth=args.depth, dim=args.dim, device=args.device,
+                           **({"svd_ranks": args.svd_ranks} if args.svd_ranks else {}))
     model = MTEBEncoder(encoder, instructions=instructions, default_instruction=args.instruction,
                         batch_size=args.batch_size, name=args.name or f"mlembed/{Path(args.model).resolve().name}",
                         revision=model_revision(args.model))

@@ -133,3 +133,19 @@ def test_point_flags_without_mteb_and_grid_with_mteb_are_refused(tmp_path, capsy
     assert "--rank choose the point of --mteb" in capsys.readouterr().err
     assert evaluate_main(["--model", "m.ckpt", "--mteb", "STS12", "--grid"]) == 2
     assert "--mteb scores one point" in capsys.readouterr().err
+
+
+def test_cli_mteb_scores_the_direct_svd_truncation_of_a_model_without_mel(tmp_path, capsys):
+    from tests.test_export import fit_checkpoint
+
+    _, ckpt = fit_checkpoint("bert", tmp_path, mel=False)
+    out = tmp_path / "out"
+    args = ["--model", str(ckpt), "--mteb", RETRIEVAL, STS, "--out", str(out), "--batch-size", "16"]
+    with pytest.raises(ValueError, match="--rank 8 given, but the model was trained with MEL off"):
+        evaluate_main([*args, "--rank", "8"], local_tasks=offline_tasks())
+    assert evaluate_main([*args, "--svd-ranks", "8", "--rank", "8"], local_tasks=offline_tasks()) == 0
+    printed = capsys.readouterr().out
+    assert "rank=8 depth=3 dim=64" in printed
+    for task, value in scores(MTEBEncoder(mlembed.load(ckpt, rank=8, svd_ranks=[8]))).items():
+        assert f"{task}: " in printed and f"= {value:.4f}" in printed
+    assert {p.stem for p in out.glob("results/*/*/experiments/depth_3__dim_64__rank_8/MLEmbed*.json")} == {RETRIEVAL, STS}
