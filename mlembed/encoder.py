@@ -87,16 +87,18 @@ class Encoder(nn.Module):
 
         Rank k is then the direct SVD truncation of the trained matrix, the baseline that MEL is measured against
         (the same training without the rank axis, truncated). The factors have the full rank (hidden size, at
-        most the vocabulary), so the full rank reproduces the model; ``ranks`` (and the full rank) become the
-        grid's ranks.
+        most the vocabulary), so the full rank reproduces the model (to float32 rounding: the SVD runs in float64,
+        A and B are stored in the model's dtype, so a bf16 model's full rank is close, not equal); ``ranks`` (and the
+        full rank) become the grid's ranks. Parameters are counted as factors at every rank, the full one included
+        (vocab x hidden + hidden x hidden).
 
         Raises:
             ValueError: the model already has MEL factors (its ranks were trained), or a rank is out of range.
         """
         self.build()
         if self.factorized_embedding is not None:
-            raise ValueError("the model was trained with MEL: its own ranks are the trained ones, not an SVD "
-                             "truncation (score them with --ranks)")
+            raise ValueError("--svd-ranks: the model was trained with MEL, so its ranks are trained ones, not an SVD "
+                             "truncation (score them with --ranks, or --rank under --mteb)")
         full = min(self.backbone.hidden_size, self.backbone.vocab_size)
         for rank in ranks:
             if not 1 <= rank <= full:

@@ -36,7 +36,8 @@ class Embedder:
 
     ``embed(rank=None, depth=None)`` means this object's rank and depth (the model as loaded); smaller values
     are served when the source has them (a checkpoint or an efficiency export: every rank and depth below;
-    a compat export: every depth below, its one rank).
+    a compat export: every depth below, its one rank; a model without MEL loaded with ``svd_ranks``: those ranks,
+    as direct SVD truncations).
 
     Args:
         encoder: the Encoder doing the work (built and in eval mode).
@@ -114,7 +115,8 @@ class Embedder:
             return None if self.dense else self.rank
         if self.dense:
             raise ValueError(f"rank {rank} asked for, but this model's embedding is dense at rank {self.rank} "
-                             "(load an efficiency export or the checkpoint to choose the rank)")
+                             "(load an efficiency export or the checkpoint to choose the rank; a model trained "
+                             "without MEL: --svd-ranks scores its direct SVD truncation)")
         if not 1 <= rank <= self.rank:
             raise ValueError(f"rank {rank} is outside [1, {self.rank}] (the rank this model was loaded at)")
         return rank
@@ -142,7 +144,7 @@ def load(
         depth: number of layers (default: all the source has).
         dim: embedding size of ``encode`` (default: the checkpoint's hidden size, or the export's dim).
         device: where the model runs.
-        svd_ranks: for a model without MEL factors (trained with MEL off, or a compat export): serve these ranks
+        svd_ranks: for a model trained without MEL (its checkpoint or compat export): serve these ranks
             as the direct SVD truncation of its embedding matrix (:meth:`Encoder.factorize_by_svd`), the baseline
             of a MEL ablation. ``rank`` then defaults to the full rank.
 
@@ -159,6 +161,9 @@ def load(
         return Embedder(encoder, rank=point.rank, depth=point.depth, dim=point.dim)
     encoder, manifest = load_export(path)
     if svd_ranks:
+        if manifest.rank is not None:
+            raise ValueError(f"--svd-ranks: {path} is an export of a model trained with MEL (rank {manifest.rank}): "
+                             "its ranks are trained ones; score its checkpoint or an efficiency export with --ranks")
         _factorize(encoder, svd_ranks, path)
     encoder.to(device)
     dim = manifest.dim if dim is None else dim

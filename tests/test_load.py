@@ -143,8 +143,15 @@ def test_a_model_trained_without_mel_serves_ranks_by_direct_svd_truncation(witho
     assert torch.allclose(got, expected_model.embed(TEXTS, depth=2), atol=1e-4)
     assert not torch.allclose(got, encoder.embed(TEXTS, depth=2), atol=1e-2)  # the truncation changes the model
     assert encoder.num_parameters(rank=8) < encoder.num_parameters()
-    # A model trained with MEL has its own ranks; a rank beyond the matrix's is refused.
-    with pytest.raises(ValueError, match=r"qwen3\.ckpt: the model was trained with MEL"):
+    # The compat export of the model serves the same truncations.
+    compat = mlembed.load(export(module, ckpt.parent / "compat"), svd_ranks=[8])
+    assert compat.points().ranks == (8, hidden)
+    assert torch.allclose(compat.embed(TEXTS, rank=8, depth=2), got, atol=1e-5)
+    # A model trained with MEL has its own ranks (checkpoint or export); a rank beyond the matrix's is refused.
+    with pytest.raises(ValueError, match=r"qwen3\.ckpt: --svd-ranks: the model was trained with MEL"):
         mlembed.load(sources[1], svd_ranks=[8])
+    for mel_export in sources[2:]:
+        with pytest.raises(ValueError, match=r"--svd-ranks: .* is an export of a model trained with MEL \(rank 16\)"):
+            mlembed.load(mel_export, svd_ranks=[8])
     with pytest.raises(ValueError, match=rf"--svd-ranks {hidden + 1}: outside \[1, {hidden}\]"):
         mlembed.load(ckpt, svd_ranks=[hidden + 1])

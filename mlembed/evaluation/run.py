@@ -83,11 +83,16 @@ def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
     if args.mteb:
         if args.grid or args.budget_params is not None or args.budget_bytes is not None:
             return _error("--mteb scores one point: drop --grid/--budget-*, choose it with --rank/--depth/--dim")
+        if args.svd_ranks and args.rank not in args.svd_ranks:
+            return _error(f"--mteb scores one point: --rank ({args.rank}) must be one of --svd-ranks "
+                          f"({' '.join(map(str, args.svd_ranks))})")
         return evaluate_mteb(args, local_tasks)
     if point_flags:
         return _error(f"{'/'.join(point_flags)} choose the point of --mteb; the grid takes --ranks/--depths/--dims")
     if args.svd_ranks and args.ranks:
         return _error("--svd-ranks already names the ranks to score: drop --ranks")
+    if args.svd_ranks and not (args.grid or args.budget_params is not None or args.budget_bytes is not None):
+        return _error("--svd-ranks scores several ranks: add --grid (without it only the full point is scored)")
     import mlembed  # mlembed.load imports the model code on first use
 
     caps = EvalCaps(

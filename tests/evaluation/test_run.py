@@ -96,6 +96,9 @@ def test_svd_ranks_score_a_model_trained_without_mel(sts_file, tmp_path, capsys)
     assert main([*common, "--ranks", "8", "--out", str(tmp_path / "refused")]) == 2
     assert "--svd-ranks 8 scores the direct SVD truncation" in capsys.readouterr().err
     assert main([*common, "--ranks", "8", "--svd-ranks", "8", "--out", str(tmp_path / "refused")]) == 2
+    without_grid = [c for c in common if c != "--grid"]
+    assert main([*without_grid, "--svd-ranks", "8", "--out", str(tmp_path / "refused")]) == 2
+    assert "--svd-ranks scores several ranks: add --grid" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
 
     assert main([*common, "--svd-ranks", "8", "16", "--out", str(tmp_path / "svd")]) == 0
