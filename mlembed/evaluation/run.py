@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
                         instructions=not args.no_instructions)
     group = torch_distributed_group(args.device)  # under torchrun: every process embeds a share of the texts
     device = args.device if group is None else group[3]
-    encoder = mlembed.load(args.model, device=device, **({"svd_ranks": args.svd_ranks} if args.svd_ranks else {}))
+    encoder = mlembed.load(args.model, device=device, svd_ranks=args.svd_ranks)
     if args.ranks and getattr(encoder, "dense", False) and set(args.ranks) != {encoder.rank}:
         return _error(f"--ranks {' '.join(map(str, args.ranks))}: {args.model} has no MEL factors (trained with MEL "
                       f"off, or a compat export): --svd-ranks {' '.join(map(str, args.ranks))} scores the direct "
@@ -145,7 +145,7 @@ def evaluate_mteb(args: argparse.Namespace, local_tasks: Sequence[Any] = ()) -> 
 
     instructions = _read_mapping(args.instructions) if args.instructions else {}
     encoder = mlembed.load(args.model, rank=args.rank, depth=args.depth, dim=args.dim, device=args.device,
-                           **({"svd_ranks": args.svd_ranks} if args.svd_ranks else {}))
+                           svd_ranks=args.svd_ranks)
     model = MTEBEncoder(encoder, instructions=instructions, default_instruction=args.instruction,
                         batch_size=args.batch_size, name=args.name or f"mlembed/{Path(args.model).resolve().name}",
                         revision=model_revision(args.model))

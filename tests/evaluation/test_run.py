@@ -25,8 +25,8 @@ def fake_load(monkeypatch):
     encoder = TinyEncoder()
     seen = {}
 
-    def load(path, device="cpu"):
-        seen.update(path=path, device=device)
+    def load(path, device="cpu", svd_ranks=None):
+        seen.update(path=path, device=device, svd_ranks=svd_ranks)
         return encoder
 
     monkeypatch.setattr(mlembed, "load", load)
@@ -40,7 +40,7 @@ def grid_points(out) -> set:
 
 def test_without_grid_scores_only_the_full_point(fake_load, sts_file, tmp_path, capsys):
     code = main(["--model", "m.ckpt", "--tasks", f"sts:{sts_file}", "--out", str(tmp_path / "out"), "--no-plots"])
-    assert code == 0 and fake_load == {"path": "m.ckpt", "device": "cpu"}
+    assert code == 0 and fake_load == {"path": "m.ckpt", "device": "cpu", "svd_ranks": None}
     assert grid_points(tmp_path / "out") == {("32", "3", "32")}
     assert "## toy: spearman" in capsys.readouterr().out
 
