@@ -113,10 +113,12 @@ class Embedder:
     def _encoder_rank(self, rank: int | None) -> int | None:
         if rank is None or rank == self.rank:
             return None if self.dense else self.rank
+        if self.dense and self.rank is None:
+            raise ValueError(f"rank {rank} asked for, but this model was trained without MEL (no factors): "
+                             "--svd-ranks scores the direct SVD truncation of its embedding matrix")
         if self.dense:
             raise ValueError(f"rank {rank} asked for, but this model's embedding is dense at rank {self.rank} "
-                             "(load an efficiency export or the checkpoint to choose the rank; a model trained "
-                             "without MEL: --svd-ranks scores its direct SVD truncation)")
+                             "(load an efficiency export or the checkpoint to choose the rank)")
         if not 1 <= rank <= self.rank:
             raise ValueError(f"rank {rank} is outside [1, {self.rank}] (the rank this model was loaded at)")
         return rank

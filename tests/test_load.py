@@ -128,6 +128,8 @@ def svd_truncated(matrix: torch.Tensor, rank: int) -> torch.Tensor:
 
 def test_a_model_trained_without_mel_serves_ranks_by_direct_svd_truncation(without_mel, sources):
     module, ckpt = without_mel
+    with pytest.raises(ValueError, match="rank 8 asked for, but this model was trained without MEL.*--svd-ranks"):
+        mlembed.load(ckpt).embed(TEXTS, rank=8)
     encoder = mlembed.load(ckpt, svd_ranks=[16, 8])
     hidden = module.encoder.backbone.hidden_size
     assert encoder.points().ranks == (8, 16, hidden) and encoder.rank == hidden
