@@ -13,7 +13,9 @@ Printed:
 1. real tokens/s (and samples/s, padding share) of 1 worker process, of ``--workers`` worker processes and of the
    stream iterated in this process (the same code without the worker hand-off), after a warm-up that fills the
    shuffle buffers; tokens/s per worker against the 50k target, and the workers one GPU needs at 100k tokens/s;
-2. where one worker's time goes (profiled in-process): reading the tar files, JSON decoding, tokenization, padding
+2. the cost of verifying shards as they are read (sample counts, the default; SHA-256 with ``full``) against the
+   same stream with no verification, in-process, as ratios measured in the same run;
+3. where one worker's time goes (profiled in-process): reading the tar files, JSON decoding, tokenization, padding
    into tensors, hashing, the rest (shuffling, bucketing, negative sampling).
 
 Usage: ``python benchmarks/bench_loader_tokens.py [--samples 1200] [--batches 80] [--smoke]``.
@@ -83,13 +85,14 @@ def make_shards(directory: Path, samples: int, tokens: int, negatives: int, toke
     return sum(chars) / len(chars)
 
 
-def datamodule(shards: Path, tokenizer: TextTokenizer, workers: int, batches: int, args) -> ShardDataModule:
+def datamodule(shards: Path, tokenizer: TextTokenizer, workers: int, batches: int, args,
+               verify: str = "count") -> ShardDataModule:
     return ShardDataModule(
         StageSettings([str(shards)], steps=batches, batch_size=args.batch_size,
                       num_negatives={"retrieval": args.negatives}),
         loader=LoaderSettings(seed=0, num_workers=workers, shuffle_buffer=args.shuffle_buffer,
                               bucket_batches=args.bucket_batches),
-        tokenizer=tokenizer,
+        tokenizer=tokenizer, verify=verify,
     )
 
 
@@ -101,9 +104,24 @@ def real_tokens(batch: dict) -> tuple[int, int]:
 
 def measure(dm: ShardDataModule, warmup: int) -> dict:
     """Stream every batch of ``dm``; rates over the batches after the first ``warmup`` (buffers filled)."""
+    return measure_batches(dm.train_dataloader(), warmup)
+
+
+def verification_arm(shards: Path, tokenizer: TextTokenizer, batches: int, args, verify: str):
+    """The in-process stream with shards verified by ``verify``; ``none``: the manifest's records dropped, so the
+    reader checks nothing (the reader as it was before verification)."""
+    stream = datamodule(shards, tokenizer, 0, batches, args, "count" if verify == "none" else verify).train_stream()
+    if verify == "none":
+        for plan in stream.plans:
+            for source in plan.sources:
+                source.checks.clear()
+    return stream
+
+
+def measure_batches(loader, warmup: int) -> dict:
+    """Rates of the batches of ``loader`` after the first ``warmup``."""
     real = slots = samples = 0
     start = None
-    loader = dm.train_dataloader()
     begin = time.perf_counter()
     for i, batch in enumerate(loader):
         if i == warmup:
@@ -200,8 +218,22 @@ def main() -> None:
         print(f"    one GPU at {GPU_CONSUMES:,} tokens/s needs {GPU_CONSUMES / per_worker:.2f} such workers; the "
               f"config's 4 give {4 * per_worker / GPU_CONSUMES:.2f}x what it consumes (one core each)")
 
+        checks = {"none (before verification)": "none", "count (default)": "count", "full (--data.verify=full)": "full"}
+        verified: dict[str, list[dict]] = {name: [] for name in checks}
+        for round_ in range(max(args.repeats, 3)):
+            names = list(checks)
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                stream = verification_arm(shards, tokenizer, total, args, checks[name])
+                verified[name].append(measure_batches(stream, args.warmup))
+        base = max(r["tokens/s"] for r in verified["none (before verification)"])
+        print(f"\n[2] the cost of verifying shards as they are read (in-process, best of {max(args.repeats, 3)} "
+              "rounds, the order rotating; ratio to no verification measured in the same run)")
+        for name, r in verified.items():
+            rate = max(x["tokens/s"] for x in r)
+            print(f"    {name:<28} {rate:>10,.0f} real tokens/s  {rate / base:.3f}x")
+
         phases, wall = profile(datamodule(shards, tokenizer, 0, total, args), total)
-        print(f"\n[2] where the time goes (in-process pass of {total} batches under cProfile, {wall:.1f} s; the "
+        print(f"\n[3] where the time goes (in-process pass of {total} batches under cProfile, {wall:.1f} s; the "
               "profiler slows Python code more than the tokenizer's Rust)")
         for name, seconds in phases.items():
             print(f"    {name:<40} {seconds / wall:6.1%}")

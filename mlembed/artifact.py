@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,6 +87,20 @@ def resolve_point(shape: ModelShape, *, rank: int | None, depth: int | None, dim
     if not 1 <= dim <= shape.hidden_size:
         raise ValueError(f"{flag('dim')} {dim} is outside [1, {shape.hidden_size}] (the model's hidden size)")
     return Point(rank, depth, dim)
+
+
+def warn_untrained(grid: PointGrid, *, rank: int | None = None, depth: int | None = None, dim: int | None = None,
+                   flag: Callable[[str], str] = cli_flag) -> None:
+    """One warning for each value inside the model's range that it was never trained at (naming the trained ones).
+
+    Such a point is allowed (an export at rank 12 of a model trained at ranks 8, 16, 32 works), but nothing in the
+    training held its quality up. ``None`` (the full value) is always served. Python shows a warning once per text.
+    """
+    for name, value, trained in (("rank", rank, grid.ranks), ("depth", depth, grid.depths), ("dim", dim, grid.dims)):
+        served = [v for v in trained if v is not None]
+        if value is not None and served and value not in served:
+            warnings.warn(f"{flag(name)} {value} was never trained: this model was trained at {name}s "
+                          f"{', '.join(map(str, served))}, so the quality there is untested", UserWarning, stacklevel=3)
 
 
 def check_exportable(shape: ModelShape, modes: Sequence[str], *, rank: int | None, depth: int | None,

@@ -23,6 +23,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 from mlembed import sharded
+from mlembed.callbacks.run_log import RunLog, continue_log
 from mlembed.data.records import RecordError
 from mlembed.data.stream import ShardError
 from mlembed.module import EmbeddingModule
@@ -70,6 +71,13 @@ class MLEmbedCLI(LightningCLI):
                                  "MEL ranks, loss, negatives, instructions) differ from the checkpoint's.")
 
     def before_fit(self) -> None:
+        self.trainer.callbacks.append(RunLog())
+        path = self._checkpoint_file()
+        if path is not None:
+            checkpoint = read_checkpoint(path)
+            for metrics in continue_log(self.trainer, checkpoint):
+                print(f"mlembed: resuming at step {checkpoint.get('global_step', 0)} of {path}; the metrics "
+                      f"continue in {metrics}")
         # The data knows how many batches its stages hold; without an explicit max_steps, train exactly those.
         total = getattr(self.datamodule, "total_steps", None)
         if total and self.trainer.max_steps == -1:
@@ -173,7 +181,14 @@ def optimizer_steps(batches: int, accumulate: int) -> int:
 
 
 def read_hyperparameters(path: Path) -> dict:
-    """The hyperparameters saved in the Lightning checkpoint ``path``: ``{"model": ..., "data": ...}``.
+    """The hyperparameters saved in the Lightning checkpoint ``path``: ``{"model": ..., "data": ...}``."""
+    checkpoint = read_checkpoint(path)
+    return {"model": checkpoint.get("hyper_parameters") or {},
+            "data": checkpoint.get("datamodule_hyper_parameters") or {}}
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The top-level entries of the Lightning checkpoint ``path``, its tensors left on disk.
 
     ``path`` is a checkpoint file, or a sharded checkpoint directory, whose metadata file is read instead.
     ``weights_only=True`` unpickles only tensors and plain containers, so the file cannot run code; that is
@@ -190,8 +205,7 @@ def read_hyperparameters(path: Path) -> dict:
         raise ValueError(f"--ckpt_path {file} could not be read as a Lightning checkpoint: {err}") from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"--ckpt_path {file} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
-    return {"model": checkpoint.get("hyper_parameters") or {},
-            "data": checkpoint.get("datamodule_hyper_parameters") or {}}
+    return checkpoint
 
 
 def check_axes(path: Path, saved: dict, config: Any) -> None:

@@ -30,16 +30,18 @@ from torch import nn
 
 from mlembed.artifact import (
     FACTORIZED_WEIGHTS,
+    MANIFEST,
     MODES,
     ST_POOLING,
     ExportManifest,
     Point,
     check_exportable,
+    warn_untrained,
 )
 from mlembed.axes.mel import FactorizedEmbedding
 from mlembed.encoder import Encoder
 from mlembed.loading import load_checkpoint
-from mlembed.paths import staged_directory
+from mlembed.paths import check_output, staged_directory
 
 #: The legacy (sentence-transformers 2.x - 6.x) pooling-config key of each mode.
 ST_POOLING_KEYS = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens",
@@ -77,9 +79,10 @@ def export(
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r} must be one of {MODES}")
     out = Path(out_dir)
-    _check_target(out, overwrite)
+    check_target(out, overwrite)
     encoder = _encoder_of(source)
     point = check_exportable(encoder.shape(), (mode,), rank=rank, depth=depth, dim=dim)
+    warn_untrained(encoder.points(), rank=rank, depth=depth, dim=dim)
     with staged_directory(out) as staging:
         _write_export(encoder, point, mode, staging)
     return out
@@ -247,11 +250,10 @@ def _manifest(encoder: Encoder, point: Point, mode: str, eos_in_tokenizer: bool)
 
 
 # -- files and directories --------------------------------------------------------------------------
-def _check_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"--out {out} exists and is not empty: pass --overwrite to replace it")
+def check_target(out: Path, overwrite: bool, flag: str = "--out", switch: str = "pass --overwrite") -> None:
+    """Refuse ``out`` unless it is absent, empty, or (``overwrite``) an export: one holding ``mlembed.json``."""
+    check_output(out, flag, overwrite, owned=lambda path: (path / MANIFEST).is_file(),
+                 what=f"export (an export holds {MANIFEST})", switch=switch)
 
 
 def directory_bytes(directory: str | os.PathLike) -> int:

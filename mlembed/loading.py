@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest, PointGrid, resolve_point
+from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest, PointGrid, resolve_point, warn_untrained
 from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
 from mlembed.axes.mrl import MRL
@@ -101,10 +101,17 @@ class Embedder:
             batch_size=batch_size,
         )
 
-    def encode(self, texts: Sequence[str], instruction: str | None = None, batch_size: int = 64) -> torch.Tensor:
-        """L2-normalised embeddings [N, dim] at this object's (rank, depth, dim)."""
-        vectors = self.embed(texts, instruction=instruction, batch_size=batch_size)
-        return truncate_normalize(vectors, self.dim)
+    def encode(self, texts: Sequence[str], instruction: str | None = None, batch_size: int = 64, *,
+               rank: int | None = None, depth: int | None = None, dim: int | None = None) -> torch.Tensor:
+        """L2-normalised embeddings [N, dim] at (rank, depth, dim): each defaults to this object's own.
+
+        Any point up to this object's own is served per call, from the same weights (no reload, no copy); a
+        point outside that range is refused, one inside it but never trained gets one warning.
+        """
+        warn_untrained(self.encoder.points(), rank=rank, depth=depth, dim=dim, flag=_argument)
+        dim = self._dim(dim)
+        vectors = self.embed(texts, rank=rank, depth=depth, instruction=instruction, batch_size=batch_size)
+        return truncate_normalize(vectors, dim)
 
     def num_parameters(self, *, rank: int | None = None, depth: int | None = None) -> int:
         """Parameters of the deployed model at (rank, depth) (the dense matrix when this object is dense)."""
@@ -122,6 +129,12 @@ class Embedder:
         if not 1 <= rank <= self.rank:
             raise ValueError(f"rank {rank} is outside [1, {self.rank}] (the rank this model was loaded at)")
         return rank
+
+    def _dim(self, dim: int | None) -> int:
+        dim = self.dim if dim is None else dim
+        if not 1 <= dim <= self.dim:
+            raise ValueError(f"dim {dim} is outside [1, {self.dim}] (the embedding size this model was loaded at)")
+        return dim
 
     def _depth(self, depth: int | None) -> int:
         depth = self.depth if depth is None else depth
@@ -153,7 +166,18 @@ def load(
     Returns:
         An Embedder; ``encode(texts)`` gives L2-normalised [N, dim] vectors.
     """
-    path = Path(source)
+    embedder = _load(Path(source), rank, depth, dim, device, svd_ranks)
+    warn_untrained(embedder.encoder.points(), rank=rank, depth=depth, dim=dim, flag=_argument)
+    return embedder
+
+
+def _argument(name: str) -> str:
+    """How ``mlembed.load`` and ``encode`` name a point's value in their messages: ``dim``."""
+    return name
+
+
+def _load(path: Path, rank: int | None, depth: int | None, dim: int | None, device: str | torch.device,
+          svd_ranks: Sequence[int] | None) -> Embedder:
     if not path.is_dir() or is_sharded_checkpoint(path):
         encoder = load_checkpoint(path)
         if svd_ranks:

@@ -74,6 +74,8 @@ class EmbeddingModule(LightningModule):
             raise ValueError(f"--model.on_nonfinite ({on_nonfinite!r}) must be raise or skip")
         self.on_nonfinite = on_nonfinite
         self.nonfinite_skipped = 0
+        self.damaged_shards: set[str] = set()
+        """Shards the loader skipped as damaged (``--data.skip_damaged``), logged as ``train/damaged_shards``."""
         self.grad_cache = grad_cache
         self.teacher_config = teacher
         if teacher is not None and loss.kd_teacher != "model":
@@ -238,6 +240,9 @@ class EmbeddingModule(LightningModule):
             apply_cached_update(self, cached, self.grad_cache.gradient_clip_val)
         extra = {"mel_rank": float(self.encoder.mel_rank or 0), "stage": float(batch.get("stage", 1)),
                  "num_layers": float(len(self.active_layers or self.layers))}
+        if "damaged_shards" in batch:  # --data.skip_damaged: the shards skipped so far, by any loader worker
+            self.damaged_shards.update(batch["damaged_shards"])
+            extra["damaged_shards"] = float(len(self.damaged_shards))
         self.log_dict({f"train/{k}": v for k, v in {**logs, **extra}.items()}, batch_size=_batch_size(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=_batch_size(batch))
         return loss

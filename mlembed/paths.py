@@ -128,6 +128,36 @@ def _check_hub(repo_id: str, revision: str | None, flag: str, needs: str | None)
 
 
 # -- replacing a directory atomically ---------------------------------------------------------------
+def check_output(out: Path, flag: str, overwrite: bool, owned: Callable[[Path], bool], what: str,
+                 switch: str = "pass --overwrite") -> None:
+    """Refuse to write into ``out`` unless it is absent, empty, or (with ``overwrite``) this command's own output.
+
+    No command deletes what it did not write: ``--overwrite`` replaces only a directory that ``owned`` recognises
+    (it holds the command's marker file: an export's ``mlembed.json``, a shard build's ``manifest.json``...);
+    any other non-empty directory is refused and left as it is.
+
+    Args:
+        out: The output directory.
+        flag: The flag that named it (``--out``, ``--output``), for the messages.
+        overwrite: Whether ``--overwrite`` was given.
+        owned: Whether a non-empty directory is this command's own output.
+        what: What the command writes ("export", "shards and manifest"), for the messages.
+        switch: How the user allows replacing (a config key says ``set overwrite: true``).
+
+    Raises:
+        FileExistsError: naming ``flag`` and ``out``.
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{flag} {out} exists and is not a directory")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{flag} {out} exists and is not empty; {switch} to replace the {what} in it")
+    if not owned(out):
+        raise FileExistsError(f"{flag} {out} is not empty and holds no {what}: overwriting replaces only a directory "
+                              f"that mlembed wrote, so nothing was touched; choose another {flag}")
+
+
 @contextmanager
 def staged_directory(out: Path) -> Iterator[Path]:
     """A fresh directory beside ``out`` to write into; on success it replaces ``out`` (``replace_directory``).

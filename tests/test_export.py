@@ -160,6 +160,7 @@ def existing(tmp_path) -> Path:
     target = tmp_path / "export"
     target.mkdir()
     (target / "keep.txt").write_text("an earlier export")
+    (target / "mlembed.json").write_text("{}")  # the marker: --overwrite replaces only an export
     return target
 
 

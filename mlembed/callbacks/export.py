@@ -14,7 +14,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, St
 from lightning.pytorch.utilities import rank_zero_info
 
 from mlembed.artifact import MODES, Point, check_exportable
-from mlembed.export import directory_bytes, export
+from mlembed.export import check_target, directory_bytes, export
 
 Mode = Literal["compat", "efficiency"]
 ARTIFACT_NAME = re.compile(r"^[\w.-]+$")
@@ -83,9 +83,7 @@ class ModelExport(Callback):
         out = self.output_dir(trainer)  # on every rank: trainer.log_dir is a collective
         if trainer.is_global_zero:
             for target in self._targets(out).values():
-                if target.is_dir() and any(target.iterdir()) and not self.overwrite:
-                    raise FileExistsError(f"ModelExport out_dir: {target} exists and is not empty; set "
-                                          "overwrite: true to replace it, or choose another out_dir")
+                check_target(target, self.overwrite, flag="ModelExport out_dir:", switch="set overwrite: true")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         out = self.output_dir(trainer)  # on every rank (collective)

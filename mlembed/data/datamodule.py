@@ -11,7 +11,7 @@ from mlembed.batch import TASKS
 from mlembed.data.batching import DEFAULT_NEGATIVES, Collator
 from mlembed.data.loader import ResumableLoader
 from mlembed.data.sources import resolve_sources
-from mlembed.data.stream import EpochStream, StagePlan, TrainStream
+from mlembed.data.stream import EpochStream, ShardReader, StagePlan, TrainStream
 from mlembed.text import DEFAULT_TEMPLATE, TextTokenizer
 
 
@@ -97,7 +97,8 @@ class ShardDataModule(L.LightningDataModule):
 
     def __init__(self, stage1: StageSettings, stage2: StageSettings | None = None,
                  loader: LoaderSettings | None = None, tokenizer: TextTokenizer | None = None,
-                 build_demo: str | None = None, instruction_template: str = DEFAULT_TEMPLATE):
+                 build_demo: str | None = None, instruction_template: str = DEFAULT_TEMPLATE,
+                 verify: str = "count", skip_damaged: bool = False):
         """Args:
             stage1: The retrieval pre-heat stage.
             stage2: The multi-task stage with instructions (optional).
@@ -108,11 +109,18 @@ class ShardDataModule(L.LightningDataModule):
             instruction_template: How an instruction goes before a query in tasks without their own template in
                 ``templates``. The CLI links it from the model's, so training formats queries exactly as the
                 trained model's ``embed(instruction=...)`` does.
+            verify: How shards with a manifest are checked as they are read: ``count`` (the number of samples
+                at the end of each shard, free) or ``full`` (also the SHA-256 the writer recorded; shards written
+                before checksums were recorded get the count check). A mismatch stops the run naming the shard.
+            skip_damaged: Skip damaged shards instead of stopping: each is named in a warning and counted in the
+                ``train/damaged_shards`` metric. The samples a shard yielded before its damage showed are kept.
         """
         super().__init__()
         self.build_demo = build_demo
         self.stage1, self.stage2 = stage1, stage2
         self.loader = loader or LoaderSettings()
+        self.verify, self.skip_damaged = verify, skip_damaged
+        ShardReader(verify, skip_damaged)  # checks --data.verify now, not in a loader worker
         # Saved in checkpoints (as plain dicts, which load with weights_only), so that a resume can check that
         # the negatives and instructions did not change.
         self.save_hyperparameters({"stage1": asdict(stage1), "stage2": None if stage2 is None else asdict(stage2),
@@ -178,12 +186,14 @@ class ShardDataModule(L.LightningDataModule):
         return TrainStream(
             self.plans(), seed=self.loader.seed, workers=self.loader.num_workers, rank=rank, world=world,
             shuffle_buffer=self.loader.shuffle_buffer, bucket_batches=self.loader.bucket_batches,
+            reader=ShardReader(self.verify, self.skip_damaged),
         )
 
     def val_stream(self, rank: int = 0, world: int = 1) -> EpochStream:
         """One pass over the held-out shards of both stages."""
         return EpochStream(self.plans(val=True), rank=rank, world=world,
-                           bucket_batches=self.loader.bucket_batches, seed=self.loader.seed)
+                           bucket_batches=self.loader.bucket_batches, seed=self.loader.seed,
+                           reader=ShardReader(self.verify, self.skip_damaged))
 
     def train_dataloader(self) -> ResumableLoader:
         rank, world = self._rank()

@@ -27,6 +27,9 @@ class ShardInfo:
     """The task of that source."""
     samples: int
     """Number of samples in the shard."""
+    sha256: str | None = None
+    """SHA-256 of the shard file, computed while it was written (absent in manifests written before checksums
+    were recorded: those shards are checked by sample count only)."""
 
 
 @dataclass

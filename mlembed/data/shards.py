@@ -26,9 +26,10 @@ from typing import Protocol
 
 from tqdm import tqdm
 
+from mlembed.data.checksum import HashedFile
 from mlembed.data.manifest import MANIFEST_NAME, ShardInfo, ShardManifest
 from mlembed.data.records import Record, RecordError, has_records, read_records
-from mlembed.paths import replace_directory
+from mlembed.paths import check_output, replace_directory
 
 PARTIAL = ".partial"
 """Suffix of a shard still being written."""
@@ -48,15 +49,26 @@ class _SourceWriter:
         # worker processes never needs.
         import webdataset as wds
 
+        self.files: dict[str, HashedFile] = {}
         pattern = str(directory / f"{source}-%06d.tar{PARTIAL}")
-        self.writer = wds.ShardWriter(pattern, maxcount=shard_size, post=self._finish, verbose=0)
+        # A fixed member time: the same records give the same bytes, so the same checksums, on every run.
+        self.writer = wds.ShardWriter(pattern, maxcount=shard_size, post=self._finish, verbose=0, opener=self._open,
+                                      mtime=0.0)
         self.index = 0
 
+    def _open(self, fname: str) -> HashedFile:
+        # The checksum is taken on the bytes as they go to disk: a shard is never read back to hash it.
+        file = self.files[fname] = HashedFile(open(fname, "wb"))  # noqa: SIM115 (closed in _finish / abort)
+        return file
+
     def _finish(self, fname: str) -> None:
+        file = self.files.pop(fname)
+        file.close()  # the tar writer does not close a file it did not open
         final = fname[: -len(PARTIAL)]
         os.replace(fname, final)
         name = Path(final).name
-        self.manifest.shards.append(ShardInfo(name, self.source, self.task, self.counts.pop(fname, 0)))
+        self.manifest.shards.append(
+            ShardInfo(name, self.source, self.task, self.counts.pop(fname, 0), file.hexdigest()))
 
     def write(self, record: Record) -> None:
         if record.task != self.task:
@@ -73,6 +85,9 @@ class _SourceWriter:
         stream, self.writer.tarstream = self.writer.tarstream, None
         if stream is not None:
             stream.close()
+        for file in self.files.values():
+            file.close()
+        self.files.clear()
 
 
 def prepare_output(output: str | Path, overwrite: bool) -> Path:
@@ -82,14 +97,16 @@ def prepare_output(output: str | Path, overwrite: bool) -> Path:
     into a staging directory beside it (same filesystem, so ``_swap_in`` can rename it into place).
     """
     directory = Path(output)
+    check_output(directory, "--output", overwrite, owned=_is_shard_build, what="shards and manifest")
     if not (directory.exists() and any(directory.iterdir())):
         directory.mkdir(parents=True, exist_ok=True)
         return directory
-    if not overwrite:
-        raise FileExistsError(
-            f"--output {directory} is not empty; pass --overwrite to replace the shards and manifest in it"
-        )
     return Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=STAGING, dir=directory.parent))
+
+
+def _is_shard_build(directory: Path) -> bool:
+    """Whether ``directory`` holds a shard build: a finished one (its manifest), or shards only (an unfinished one)."""
+    return (directory / MANIFEST_NAME).is_file() or all(_is_shard_file(path) for path in directory.iterdir())
 
 
 def _is_shard_file(path: Path) -> bool:

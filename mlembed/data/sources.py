@@ -8,7 +8,7 @@ from pathlib import Path
 
 from webdataset.shardlists import expand_urls
 
-from mlembed.data.manifest import MANIFEST_NAME, ShardManifest
+from mlembed.data.manifest import MANIFEST_NAME, ShardInfo, ShardManifest
 
 _SHARD_NAME = re.compile(r"^(?P<source>.+)-\d+\.tar$")
 
@@ -25,6 +25,9 @@ class ShardSource:
     """Number of samples, when a manifest says so."""
     weight: float = 0.0
     """Relative probability of drawing a batch from this source."""
+    checks: dict[str, ShardInfo] = field(default_factory=dict)
+    """URL -> what the manifest recorded of that shard (sample count, checksum), for shards that have a manifest.
+    The reader verifies each such shard against it."""
 
 
 def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: str,
@@ -46,9 +49,10 @@ def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: st
     """
     found: dict[str, ShardSource] = {}
     for spec in specs:
-        for name, urls, samples in _expand(spec, flag):
+        for name, urls, samples, checks in _expand(spec, flag):
             source = found.setdefault(name, ShardSource(name))
             source.urls.extend(urls)
+            source.checks.update(checks)
             if samples is not None:
                 source.samples = (source.samples or 0) + samples
     if not found:
@@ -77,17 +81,20 @@ def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: st
 
 
 def _expand(spec: str, flag: str):
-    """Yield ``(source, urls, samples)`` for one spec."""
+    """Yield ``(source, urls, samples, checks)`` for one spec (checks: url -> ShardInfo, from a manifest)."""
     if "=" in spec and not spec.startswith("pipe:") and "://" not in spec.split("=", 1)[0]:
         name, pattern = spec.split("=", 1)
-        yield name, expand_urls(pattern), None
+        yield name, expand_urls(pattern), None, {}
         return
     path = Path(spec)
     if path.is_dir():
         if not (path / MANIFEST_NAME).exists():
             raise FileNotFoundError(f"{flag}.shards: {path} has no {MANIFEST_NAME} (unfinished shard build?)")
-        for name, entry in ShardManifest.load(path).sources().items():
-            yield name, [str(path / p) for p in entry["shards"]], entry["samples"]
+        manifest = ShardManifest.load(path)
+        checks = {str(path / shard.path): shard for shard in manifest.shards}
+        for name, entry in manifest.sources().items():
+            urls = [str(path / p) for p in entry["shards"]]
+            yield name, urls, entry["samples"], {url: checks[url] for url in urls}
         return
     grouped: dict[str, list[str]] = {}
     for url in expand_urls(spec):
@@ -100,4 +107,4 @@ def _expand(spec: str, flag: str):
                 "or use files named <source>-<digits>.tar"
             )
         grouped.setdefault(match["source"], []).append(url)
-    yield from ((name, urls, None) for name, urls in grouped.items())
+    yield from ((name, urls, None, {}) for name, urls in grouped.items())

@@ -16,16 +16,21 @@ Two kinds of pass:
 from __future__ import annotations
 
 import json
+import logging
 import random
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mlembed.data.batching import Collator, bucket_batches
+from mlembed.data.checksum import HashedFile
+from mlembed.data.manifest import ShardInfo
 from mlembed.data.sources import ShardSource
+
+log = logging.getLogger(__name__)
 
 
 def seeded(*parts: object) -> random.Random:
@@ -34,25 +39,99 @@ def seeded(*parts: object) -> random.Random:
 
 
 class ShardError(ValueError):
-    """A shard that cannot be read (missing, damaged or truncated tar, a sample without valid JSON), by its URL."""
+    """A shard that cannot be read (missing, damaged or truncated tar, a sample without valid JSON, fewer samples
+    or other bytes than its manifest recorded), by its URL."""
 
 
-def read_samples(urls: list[str]) -> Iterator[dict]:
+VERIFY_MODES = ("count", "full")
+"""How shards with a manifest are verified as they are read: ``count`` checks the number of samples at the end
+of each shard; ``full`` also checks the SHA-256 the writer recorded (hashing the bytes as they are parsed)."""
+
+SKIP_HINT = "pass --data.skip_damaged=true to skip damaged shards (each is reported in the log and in the metrics)"
+
+
+def read_samples(urls: list[str], checks: dict[str, ShardInfo] | None = None, verify: str = "count",
+                 on_damaged: Callable[[str, ShardError], None] | None = None) -> Iterator[dict]:
     """Decoded samples of ``urls`` in order (any location webdataset opens: paths, ``pipe:``, http).
 
+    A tar cut at a block boundary, or with a member header overwritten, reads as a shorter valid tar: only the
+    manifest's sample count (checked when the shard ends) tells it from a whole one.
+
+    Args:
+        urls: The shards, read one after another.
+        checks: URL -> what its manifest recorded; shards without an entry (patterns, old builds) are read
+            unverified.
+        verify: One of ``VERIFY_MODES``.
+        on_damaged: Called with ``(url, error)`` for a damaged shard, after which reading goes on with the next
+            one; unset, the error is raised. The samples a damaged shard yielded before the damage showed are
+            kept (a count mismatch shows only at its end).
+
     Raises:
-        ShardError: naming the shard and the reason, whatever went wrong reading it.
+        ShardError: naming the shard and the reason, whatever went wrong reading it (unless ``on_damaged``).
     """
     for url in urls:
         try:
-            for sample in wds.tarfile_to_samples()([{"url": url}]):
+            yield from _read_shard(url, (checks or {}).get(url), verify)
+        except ShardError as err:
+            if on_damaged is None:
+                raise
+            on_damaged(url, err)
+
+
+def _read_shard(url: str, check: ShardInfo | None, verify: str) -> Iterator[dict]:
+    found = 0
+    hashed: HashedFile | None = None
+    try:
+        raw = wds.gopen(url, "rb")
+        try:
+            if verify == "full" and check is not None and check.sha256:
+                raw = hashed = HashedFile(raw)
+            files = wds.tariterators.tar_file_expander([{"url": url, "stream": raw}])
+            for sample in wds.tariterators.group_by_keys(files):
+                found += 1
                 yield json.loads(sample["json"])
-        except (tarfile.TarError, EOFError, OSError, KeyError, json.JSONDecodeError) as err:
-            reason = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
-            raise ShardError(f"damaged shard: {reason} in {url}") from err
+            if hashed is not None:
+                hashed.drain()  # the end-of-archive padding that the tar parser leaves unread
+        finally:
+            raw.close()
+    except (tarfile.TarError, EOFError, OSError, KeyError, json.JSONDecodeError) as err:
+        reason = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
+        raise ShardError(f"damaged shard: {reason} in {url}; {SKIP_HINT}") from err
+    if check is not None and found != check.samples:
+        raise ShardError(f"damaged shard {url}: its manifest records {check.samples} samples, {found} found; "
+                         f"{SKIP_HINT}")
+    if hashed is not None and hashed.hexdigest() != check.sha256:
+        raise ShardError(f"damaged shard {url}: its SHA-256 {hashed.hexdigest()[:16]}... differs from the "
+                         f"manifest's {check.sha256[:16]}...; {SKIP_HINT}")
 
 
-def slot_samples(source: ShardSource, slot: int, slots: int, epoch: int | None, seed: int) -> Iterator[dict]:
+class ShardReader:
+    """Reads a source's shards, verified against its manifest; skips damaged ones when asked, never silently."""
+
+    def __init__(self, verify: str = "count", skip_damaged: bool = False):
+        """Args:
+            verify: One of ``VERIFY_MODES``.
+            skip_damaged: Skip a damaged shard (a warning names it, once) instead of stopping.
+        """
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"--data.verify ({verify!r}) must be one of {', '.join(VERIFY_MODES)}")
+        self.verify, self.skip_damaged = verify, skip_damaged
+        self.damaged: dict[str, str] = {}
+        """URL -> why it was skipped (in this process: each loader worker keeps its own)."""
+
+    def __call__(self, source: ShardSource, urls: list[str] | None = None) -> Iterator[dict]:
+        """The samples of ``urls`` (default: all of ``source``'s shards), in order."""
+        urls = source.urls if urls is None else urls
+        return read_samples(urls, source.checks, self.verify, self._skip if self.skip_damaged else None)
+
+    def _skip(self, url: str, err: ShardError) -> None:
+        if url not in self.damaged:
+            self.damaged[url] = str(err)
+            log.warning("skipping %s (--data.skip_damaged)", str(err).split("; " + SKIP_HINT)[0])
+
+
+def slot_samples(source: ShardSource, slot: int, slots: int, epoch: int | None, seed: int,
+                 reader: ShardReader | None = None) -> Iterator[dict]:
     """One slot's share of one pass over a source.
 
     With at least ``slots`` shards, a slot owns every ``slots``-th shard of a seeded permutation (fixed for
@@ -60,9 +139,10 @@ def slot_samples(source: ShardSource, slot: int, slots: int, epoch: int | None, 
     fewer shards, every slot reads all of them and keeps every ``slots``-th sample, so a small source still
     serves all slots (at the cost of reading it once per slot). ``epoch=None`` keeps the stored order.
     """
+    reader = reader or ShardReader()
     urls = list(source.urls)
     if len(urls) < slots:
-        for i, sample in enumerate(read_samples(urls)):
+        for i, sample in enumerate(reader(source, urls)):
             if i % slots == slot:
                 yield sample
         return
@@ -71,11 +151,11 @@ def slot_samples(source: ShardSource, slot: int, slots: int, epoch: int | None, 
     mine = urls[slot::slots]
     if epoch is not None:
         seeded(seed, "shards", source.name, slot, epoch).shuffle(mine)
-    yield from read_samples(mine)
+    yield from reader(source, mine)
 
 
 def endless_samples(source: ShardSource, slot: int, slots: int, seed: int, shuffle_buffer: int,
-                    rng: random.Random) -> Iterator[dict]:
+                    rng: random.Random, reader: ShardReader | None = None) -> Iterator[dict]:
     """A slot's share of the source, shuffled, repeated forever with a new shard order every epoch.
 
     The shuffle buffer is drained at the end of every epoch, so a small source is not repeated inside it.
@@ -83,7 +163,7 @@ def endless_samples(source: ShardSource, slot: int, slots: int, seed: int, shuff
     epoch = 0
     while True:
         count = 0
-        samples = slot_samples(source, slot, slots, epoch, seed)
+        samples = slot_samples(source, slot, slots, epoch, seed, reader)
         for sample in wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng)(samples):
             count += 1
             yield sample
@@ -122,7 +202,7 @@ class TrainStream(IterableDataset):
     """Exactly ``total`` mixed, homogeneous batches per rank, starting at batch ``start``."""
 
     def __init__(self, plans: list[StagePlan], seed: int = 0, workers: int = 1, rank: int = 0, world: int = 1,
-                 shuffle_buffer: int = 1000, bucket_batches: int = 16):
+                 shuffle_buffer: int = 1000, bucket_batches: int = 16, reader: ShardReader | None = None):
         """Args:
             plans: The stages in order (stages with 0 steps are skipped).
             seed: Seed of everything random.
@@ -131,7 +211,10 @@ class TrainStream(IterableDataset):
             world: Number of ranks.
             shuffle_buffer: Samples in each source stream's shuffle buffer.
             bucket_batches: Batches per length-bucketing pool (1 turns bucketing off).
+            reader: How shards are verified (default: sample counts, a damaged shard stops the run). With
+                ``skip_damaged`` every batch carries ``damaged_shards``: the shards its loader worker skipped.
         """
+        self.reader = reader or ShardReader()
         self.plans = [p for p in plans if p.steps > 0]
         self.seed, self.workers, self.rank, self.world = seed, max(workers, 1), rank, world
         self.shuffle_buffer, self.bucket_batches = shuffle_buffer, bucket_batches
@@ -155,7 +238,8 @@ class TrainStream(IterableDataset):
 
     def _batches(self, plan: StagePlan, source: ShardSource, slot: int) -> Iterator[list[dict]]:
         rng = seeded(self.seed, "stream", plan.stage, source.name, slot, self.world * self.workers)
-        samples = endless_samples(source, slot, self.world * self.workers, self.seed, self.shuffle_buffer, rng)
+        samples = endless_samples(source, slot, self.world * self.workers, self.seed, self.shuffle_buffer, rng,
+                                  self.reader)
         return bucket_batches(samples, plan.batch_size, self.bucket_batches, rng)
 
     def iter_slot(self, virtual: int, start: int) -> Iterator[dict]:
@@ -177,7 +261,10 @@ class TrainStream(IterableDataset):
         for b in range(first, self.total, self.workers):
             plan, index = self.locate(b)
             rows = next(stream(plan, plan.source_of(index, self.seed)))
-            yield plan.collator(rows, seeded(self.seed, "negatives", plan.stage, index, self.rank))
+            batch = plan.collator(rows, seeded(self.seed, "negatives", plan.stage, index, self.rank))
+            if self.reader.skip_damaged:
+                batch["damaged_shards"] = sorted(self.reader.damaged)
+            yield batch
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker()
@@ -195,7 +282,7 @@ class EpochStream(IterableDataset):
     """One pass over every source of every plan, in order; each batch from one source."""
 
     def __init__(self, plans: list[StagePlan], rank: int = 0, world: int = 1, bucket_batches: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, reader: ShardReader | None = None):
         """Args:
             plans: Stages whose sources are passed over (``steps`` is ignored).
             rank: This process's global rank.
@@ -203,7 +290,9 @@ class EpochStream(IterableDataset):
                 last ``samples % world`` are left out), so all ranks yield the same batches.
             bucket_batches: Batches per length-bucketing pool (1: keep the shard order).
             seed: Seed of the bucketing and negative sampling.
+            reader: How shards are verified (default: sample counts, a damaged shard stops the pass).
         """
+        self.reader = reader or ShardReader()
         self.plans, self.rank, self.world = plans, rank, world
         self.bucket_batches, self.seed = bucket_batches, seed
 
@@ -213,11 +302,11 @@ class EpochStream(IterableDataset):
         # shards do not divide evenly (3 shards on 2 ranks), and validation, which gathers at every batch,
         # would then hang. These passes are over held-out data, so reading it once per rank is cheap.
         if self.world == 1:
-            yield from read_samples(source.urls)
+            yield from self.reader(source)
             return
-        total = source.samples if source.samples is not None else sum(1 for _ in read_samples(source.urls))
+        total = source.samples if source.samples is not None else sum(1 for _ in self.reader(source))
         share = total // self.world
-        for i, sample in enumerate(read_samples(source.urls)):
+        for i, sample in enumerate(self.reader(source)):
             if i >= share * self.world:
                 return
             if i % self.world == self.rank:

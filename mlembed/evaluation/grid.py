@@ -54,6 +54,12 @@ def evaluate_grid(
     passes = [(rank, depth, task) for rank in ranks for depth in depths for task in tasks]
     model = share_depths(encoder, depths)
     with eval_mode(encoder), tqdm(passes, desc="grid", unit="pass", disable=not progress) as bar:
+        # The widest vector served: a loaded model's own dim, else the widest trained one (the full width: MRL
+        # always trains it). A prefix wider than the vector would be scored at full width under the wider label.
+        width = getattr(encoder, "dim", None) or max(d for d in trained.dims if d is not None)
+        wide = [dim for dim in dims if dim is not None and not 1 <= dim <= width]
+        if wide:
+            raise ValueError(f"--dims {wide[0]} is outside [1, {width}] (the model's embedding size)")
         for rank, depth, task in bar:
             bar.set_postfix_str(f"rank={rank} depth={depth} task={task.name}")
             params = encoder.num_parameters(rank=rank, depth=depth)

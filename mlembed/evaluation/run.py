@@ -14,10 +14,13 @@ import hashlib
 import json
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlembed.artifact import warn_untrained
+from mlembed.paths import check_output
 from mlembed.evaluation.budget import best_within_budget, describe_pick
 from mlembed.evaluation.grid import evaluate_grid, run_grid
 from mlembed.evaluation.result import axis_order
@@ -38,7 +41,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
                    help="lee, bitext, dialogue, or KIND:PATH with KIND in sts, bitext, pairs, retrieval")
     p.add_argument("--data-dir", help="the demo's output directory (its eval/*.jsonl feed bitext and dialogue)")
-    p.add_argument("--out", default="evaluation", help="directory for grid.csv, grid.md and the plots")
+    p.add_argument("--out", help="directory for grid.csv, grid.md and the plots (with --mteb: mteb's results). "
+                                 "Default: a new folder evaluation/<date>-<time> for each run, so no run overwrites "
+                                 "another. An existing non-empty --out is refused unless --overwrite is given and it "
+                                 "holds an earlier evaluation (grid.csv); --mteb adds its results to a folder that "
+                                 "holds mteb's results/")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier evaluation in --out (any other non-empty folder is refused)")
     p.add_argument("--ranks", nargs="+", type=int, help="ranks to score (default: the model's)")
     p.add_argument("--svd-ranks", nargs="+", type=int, metavar="K",
                    help="score a model without MEL factors (trained with MEL off, or a compat export) at these "
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
         local_tasks: mteb task objects that ``--mteb`` may name besides mteb's own (tasks built from local data).
     """
     args = parser().parse_args(argv)
+    args.out = str(output_dir(args.out, args.overwrite, mteb=bool(args.mteb)))
     point_flags = [f"--{axis}" for axis in ("rank", "depth", "dim") if getattr(args, axis) is not None]
     if args.mteb:
         if args.grid or args.budget_params is not None or args.budget_bytes is not None:
@@ -128,6 +138,32 @@ def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
     pick = best_within_budget(result.points(), budget_params=args.budget_params, budget_bytes=args.budget_bytes)
     print(describe_pick(pick, budget_params=args.budget_params, budget_bytes=args.budget_bytes))
     return 0 if pick is not None else 1
+
+
+RUNS = Path("evaluation")
+"""Where an evaluation without ``--out`` goes: a new folder per run inside it."""
+
+
+def output_dir(out: str | None, overwrite: bool, mteb: bool = False) -> Path:
+    """The folder this run writes into: ``out`` once checked, else a new ``evaluation/<date>-<time>[-N]``.
+
+    With ``mteb``, a folder that holds mteb's ``results/`` is taken as it is: mteb's result cache adds this run's
+    files beside the earlier ones (other points, other models) and deletes nothing.
+    """
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder, n = RUNS / stamp, 1
+        while folder.exists():
+            folder, n = RUNS / f"{stamp}-{n}", n + 1
+        return folder
+    if mteb and (Path(out) / "results").is_dir():
+        return Path(out)
+    check_output(Path(out), "--out", overwrite, owned=_is_evaluation, what="evaluation (grid.csv, or mteb's results/)")
+    return Path(out)
+
+
+def _is_evaluation(directory: Path) -> bool:
+    return (directory / "grid.csv").is_file() or (directory / "results").is_dir()
 
 
 def evaluate_mteb(args: argparse.Namespace, local_tasks: Sequence[Any] = ()) -> int:
@@ -208,13 +244,28 @@ def _error(message: str) -> int:
 
 
 def _axes(encoder, args: argparse.Namespace, *, whole_grid: bool) -> dict[str, list]:
-    """The ranks, depths and dims to score: the flags, else the model's (only the largest without --grid)."""
+    """The ranks, depths and dims to score: the flags, else the model's (only the largest without --grid).
+
+    Each value of a flag must lie in the loaded model's range (a dim wider than the model would be scored at
+    full width under its label); one in range that was never trained gets one warning naming the trained ones.
+    """
     points = encoder.points()
+    # An mlembed.load Embedder knows its own point; another PointEncoder is range-checked as it embeds.
+    limits = {name: getattr(encoder, name[:-1], None) for name in ("ranks", "depths", "dims")}
     axes = {}
     for name in ("ranks", "depths", "dims"):
-        values = getattr(args, name) or list(getattr(points, name))
+        given = getattr(args, name) or []
+        limit = limits[name]
+        for value in given:
+            if limit is not None and not 1 <= value <= limit:
+                raise ValueError(f"--{name} {value} is outside [1, {limit}] (the {_AXIS_WHAT[name]} of {args.model})")
+            warn_untrained(points, flag=lambda axis: f"--{axis}s", **{name[:-1]: value})
+        values = given or list(getattr(points, name))
         axes[name] = values if whole_grid else [max(values, key=axis_order)]
     return axes
+
+
+_AXIS_WHAT = {"ranks": "MEL rank", "depths": "number of layers", "dims": "embedding size"}
 
 
 if __name__ == "__main__":

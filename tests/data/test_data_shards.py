@@ -100,7 +100,7 @@ def test_non_empty_output_is_refused_and_kept_unless_overwrite(tmp_path, capsys)
     assert main(["--input", str(other), "--output", str(out)]) == 1
     err = capsys.readouterr().err
     assert "--overwrite" in err
-    assert re.search(rf"--output {re.escape(str(out))} is not empty; pass --overwrite", err), err
+    assert re.search(rf"--output {re.escape(str(out))} exists and is not empty; pass --overwrite", err), err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main(["--input", str(other), "--output", str(out), "--overwrite"]) == 0
     assert [s.source for s in ShardManifest.load(out).shards] == ["t"]
@@ -162,7 +162,7 @@ def write(self, obj):
         time.sleep(0.005)
     size = real_write(self, obj)
     if point == "mid-shard" and len(calls) == 5:  # shard 0 done, shard 1 holds 2 records: flush them, die
-        self.own_fileobj.flush()
+        self.stream.flush()
         die()
     return size
 

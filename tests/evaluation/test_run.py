@@ -56,7 +56,7 @@ def test_grid_with_budget_prints_the_pick(fake_load, sts_file, tmp_path, capsys)
 
 
 def test_budget_nobody_fits_exits_one(fake_load, sts_file, tmp_path, capsys):
-    args = ["--model", "m", "--tasks", f"sts:{sts_file}", "--out", str(tmp_path), "--budget-params", "5",
+    args = ["--model", "m", "--tasks", f"sts:{sts_file}", "--out", str(tmp_path / "out"), "--budget-params", "5",
             "--ranks", "8", "--depths", "1", "--no-plots"]
     assert main(args) == 1
     assert "no grid point fits the budget (params <= 5)" in capsys.readouterr().out

@@ -69,7 +69,7 @@ def test_existing_shards_are_not_overwritten(capsys, tiny_shards, tmp_path):
     before = snapshot(out)
     message = failure(capsys, ["shards", "--input", str(FIXTURES / "stage1.jsonl"), "--output", str(out)])
     assert str(out) in message and "--overwrite" in message
-    assert_says(rf"--output {re.escape(str(out))} is not empty; pass --overwrite to replace", message)
+    assert_says(rf"--output {re.escape(str(out))} exists and is not empty; pass --overwrite to replace", message)
     assert snapshot(out) == before
 
 
@@ -185,7 +185,7 @@ def test_existing_export_is_kept(capsys, reference_run, tmp_path):
     before = snapshot(out)
     message = failure(capsys, ["export", "--ckpt", str(reference_run["ckpt"]), "--out", str(out)])
     assert f"--out {out}" in message and "--overwrite" in message
-    assert_says(rf"--out {re.escape(str(out))} exists and is not empty: pass --overwrite", message)
+    assert_says(rf"--out {re.escape(str(out))} exists and is not empty; pass --overwrite", message)
     assert snapshot(out) == before
 
 
