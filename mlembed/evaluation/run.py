@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mlembed.artifact import warn_untrained
-from mlembed.paths import check_output
 from mlembed.evaluation.budget import best_within_budget, describe_pick
 from mlembed.evaluation.grid import evaluate_grid, run_grid
 from mlembed.evaluation.result import axis_order
 from mlembed.evaluation.spread import SpreadEncoder, torch_distributed_group
 from mlembed.evaluation.suite import DEFAULT_TASKS, EvalCaps, build_tasks
+from mlembed.paths import check_output
 
 
 def parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import re
@@ -33,7 +34,7 @@ def cut_at_block(data: bytes) -> bytes:
 
 def blank_second_header(data: bytes) -> bytes:
     """The second member's header overwritten with zeros: tar reads it as the end of the archive."""
-    with tarfile.open(fileobj=__import__("io").BytesIO(data)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         offset = tar.getmembers()[1].offset
     return data[:offset] + b"\0" * 512 + data[offset + 512:]
 
