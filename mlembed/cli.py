@@ -43,7 +43,7 @@ AXIS_SWITCHES = ("mel.enabled", "mll.enabled", "mrl.enabled")
 #: Model settings that define the training objective: resuming a fit with other values changes it mid-run.
 MODEL_OBJECTIVE = ("mel", "mll", "mrl", "loss", "instruction_template")
 #: Settings of each data stage that define the objective (which negatives, which query text).
-STAGE_OBJECTIVE = ("num_negatives", "instructions", "templates")
+STAGE_OBJECTIVE = ("num_negatives", "negative_draw", "instructions", "templates")
 #: The flag that lets a fit resume with a changed objective.
 ALLOW_CHANGE = "allow_objective_change"
 
@@ -79,7 +79,10 @@ class MLEmbedCLI(LightningCLI):
                 print(f"mlembed: resuming at step {checkpoint.get('global_step', 0)} of {path}; the metrics "
                       f"continue in {metrics}")
         # The data knows how many batches its stages hold; without an explicit max_steps, train exactly those.
-        total = getattr(self.datamodule, "total_steps", None)
+        steps_for = getattr(self.datamodule, "steps_for", None)
+        total = steps_for(self.trainer.world_size) if steps_for is not None else None
+        if total and self.trainer.is_global_zero:
+            print("mlembed: " + self.datamodule.describe(self.trainer.world_size).replace("\n", "\nmlembed: "))
         if total and self.trainer.max_steps == -1:
             # fit_loop.max_steps is read-only in Lightning 2.6; the epoch loop owns the value.
             self.trainer.fit_loop.epoch_loop.max_steps = optimizer_steps(total, self.trainer.accumulate_grad_batches)
@@ -249,7 +252,7 @@ def check_objective(path: Path, saved: dict, config: Any) -> None:
     pairs = [(f"model.{key}", _flat(_setting(saved["model"], key)), _flat(_setting(config.model, key)))
              for key in MODEL_OBJECTIVE]
     if saved["data"] and data is not None:
-        pairs += [(f"data.{stage}.{key}", _flat(_setting(saved["data"], f"{stage}.{key}")),
+        pairs += [(f"data.{stage}.{key}", _flat(_saved_stage_setting(saved["data"], stage, key)),
                    _flat(_setting(data, f"{stage}.{key}")))
                   for stage in ("stage1", "stage2") for key in STAGE_OBJECTIVE]
     changes = []
@@ -260,6 +263,18 @@ def check_objective(path: Path, saved: dict, config: Any) -> None:
     if changes:
         raise ValueError(f"resuming --ckpt_path {path} would change the training objective:\n  "
                          + "\n  ".join(changes) + f"\nrestore these values, or pass {escape} to change it on purpose")
+
+
+#: Stage settings added after checkpoints were first written, with the value those checkpoints trained with.
+STAGE_SETTINGS_BEFORE = {"negative_draw": "row"}
+
+
+def _saved_stage_setting(saved: dict, stage: str, key: str) -> Any:
+    """A stage setting of a checkpoint; one it predates is the value it trained with."""
+    value = _setting(saved, f"{stage}.{key}")
+    if value is None and _setting(saved, stage) is not None:
+        return STAGE_SETTINGS_BEFORE.get(key)
+    return value
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -45,6 +45,11 @@ class ContrastiveLoss:
     """Weight of the relational distillation term: at every (layer, dim, rank) point, the MSE between the cosine
     similarities of the batch's texts (queries and positives, all pairs) and the teacher's full-size ones. It
     holds every reduced point to the teacher's geometry whatever its width; 0 turns it off."""
+    kd_feature_weight: float = 0.0
+    """Weight of the authors' distillation term: at every MLL layer, the MSE between the student's raw (not
+    normalised) pooled features and the frozen teacher's features of its matching layer (the i-th MLL layer of each;
+    the teacher's cut to the student's width), for queries, positives and hard negatives, added once per layer
+    and averaged over layers like the contrastive terms. Needs ``kd_teacher=model``; 0 turns it off."""
     kd_teacher: Literal["self", "batch", "model"] = "self"
     """Teacher of the distillation terms: ``self`` (this step's last layer at full width and rank, detached),
     ``batch`` (vectors stored with the data, ``batch["teacher_query"]``) or ``model`` (a separate frozen model:
@@ -61,7 +66,7 @@ class ContrastiveLoss:
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"--model.loss.temperature ({self.temperature}) must be > 0")
-        for flag in ("kd_weight", "kd_similarity_weight"):
+        for flag in ("kd_weight", "kd_similarity_weight", "kd_feature_weight"):
             if getattr(self, flag) < 0:
                 raise ValueError(f"--model.loss.{flag} ({getattr(self, flag)}) must be >= 0")
         if self.gather_grad not in ("none", "local", "all"):
@@ -70,6 +75,9 @@ class ContrastiveLoss:
             raise ValueError(f"--model.loss.kd_teacher ({self.kd_teacher!r}) must be self, batch or model")
         if self.kd_bitext_target not in ("positive", "query", "none"):
             raise ValueError(f"--model.loss.kd_bitext_target ({self.kd_bitext_target!r}) must be positive, query or none")
+        if self.kd_feature_weight > 0 and self.kd_teacher != "model":
+            raise ValueError(f"--model.loss.kd_feature_weight ({self.kd_feature_weight}) distils a frozen model's "
+                             "per-layer features: set --model.loss.kd_teacher=model")
         if not (self.in_batch or self.hard_negatives or self.distills):
             raise ValueError("--model.loss.in_batch and --model.loss.hard_negatives are both off and nothing is "
                              "distilled (--model.loss.kd_weight / kd_similarity_weight): no loss left")
@@ -77,6 +85,11 @@ class ContrastiveLoss:
     @property
     def distills(self) -> bool:
         """Whether any distillation term is on."""
+        return self.distills_vectors or self.kd_feature_weight > 0
+
+    @property
+    def distills_vectors(self) -> bool:
+        """Whether a term on the teacher's final unit vectors is on (``kd_weight``, ``kd_similarity_weight``)."""
         return self.kd_weight > 0 or self.kd_similarity_weight > 0
 
     def __call__(
@@ -178,3 +191,13 @@ def distillation_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Te
         t_prefix = F.normalize(t[..., :width].detach().to(s.dtype), dim=-1)
         losses.append(F.mse_loss(s[..., :width], t_prefix))
     return torch.stack(losses).sum()
+
+
+def feature_distillation_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The authors' distillation at one layer: the MSE between raw features, summed over the groups given.
+
+    Args:
+        student: raw pooled features per group of texts (queries [B, D], positives [B, D], negatives [B, N, D]).
+        teacher: the teacher's features of the same texts (any width >= D; its first D features are used).
+    """
+    return torch.stack([F.mse_loss(s, t[..., : s.shape[-1]].detach().to(s.dtype)) for s, t in zip(student, teacher)]).sum()

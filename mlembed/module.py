@@ -20,7 +20,7 @@ from mlembed.backbone import BackboneConfig
 from mlembed.batch import uses_in_batch_negatives
 from mlembed.encoder import ENCODER_PREFIX, Encoder, default_pooling, encoder_state_keys, trained_grid
 from mlembed.gradcache import CachedStep, GradCache, apply_cached_update, chunk_embedder
-from mlembed.losses import ContrastiveLoss, gather_single_process
+from mlembed.losses import ContrastiveLoss, feature_distillation_loss, gather_single_process
 from mlembed.optim import OptimizerConfig
 from mlembed.pooling import Pooling
 from mlembed.teacher import FrozenTeacher, TeacherConfig
@@ -107,6 +107,18 @@ class EmbeddingModule(LightningModule):
         if self.loss_fn.kd_teacher == "model" and self.loss_fn.distills:
             # Set past nn.Module's registration: the frozen teacher is in no optimizer, checkpoint or FSDP unit.
             object.__setattr__(self, "frozen_teacher", self._build_teacher())
+            if self.loss_fn.kd_feature_weight > 0:
+                self.teacher_layers = self._teacher_layers()
+
+    def _teacher_layers(self) -> dict[int, int]:
+        """Student MLL layer -> the teacher's layer it is distilled from by ``kd_feature_weight``: the i-th MLL
+        layer of each (the same layer when the depths agree)."""
+        theirs = self.mll.resolve(self.frozen_teacher.depth)
+        if len(theirs) != len(self.layers):
+            raise ValueError(f"--model.loss.kd_feature_weight pairs the i-th MLL layer of the student {self.layers} "
+                             f"with the teacher's {theirs} (depth {self.frozen_teacher.depth}): their counts differ; "
+                             "give --model.mll.layers that both depths hold, or a teacher of the student's depth")
+        return dict(zip(self.layers, theirs))
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -189,12 +201,34 @@ class EmbeddingModule(LightningModule):
             return total
 
         loss, layer_losses = self.mll_loss(embeddings, per_layer)
-        return loss, _log_terms(loss, layer_losses, terms)
+        logs = _log_terms(loss, layer_losses, terms)
+        if self.loss_fn.kd_feature_weight > 0:
+            features = self._feature_distillation(batch, embeddings)
+            loss = loss + self.loss_fn.kd_feature_weight * features
+            logs["loss/kd_feature"] = features.detach()
+        return loss, logs
+
+    def _feature_distillation(self, batch: dict, embeddings: dict[int, tuple]) -> torch.Tensor:
+        """The authors' distillation: raw features of queries, positives and negatives against the teacher's
+        matching layer, summed over groups, averaged over this step's layers."""
+        layers = list(embeddings)
+        wanted = sorted({self.teacher_layers[layer] for layer in layers})
+        groups = [key for key in ("query", "positive", "negatives") if key in batch]
+        teacher = {key: self.frozen_teacher.features(batch[key], wanted) for key in groups}
+        total = 0.0
+        for layer in layers:
+            query, positive, negatives = embeddings[layer]
+            student = (query, positive) + ((negatives,) if negatives is not None and "negatives" in teacher else ())
+            theirs = [teacher[key][self.teacher_layers[layer]] for key in groups[:len(student)]]
+            if len(student) == 3:  # [B*N, H] -> [B, N, H], as the student's negatives
+                theirs[2] = theirs[2].reshape(*negatives.shape[:2], -1)
+            total = total + feature_distillation_loss(student, tuple(theirs))
+        return total / len(layers)
 
     def _teacher(self, batch: dict, last: tuple) -> tuple[torch.Tensor, ...] | None:
         """The teacher's vectors of (queries[, positives]); a bitext batch's positives may take their queries' vectors
         (``kd_bitext_target=query``) or none (``none``: the queries alone are distilled)."""
-        if not self.loss_fn.distills:
+        if not self.loss_fn.distills_vectors:
             return None
         target = self.loss_fn.kd_bitext_target if batch["task"] == "bitext" else "positive"
         # A teacher of one group only (the queries) leaves the positives out of both distillation terms.

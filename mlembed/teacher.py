@@ -65,12 +65,18 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unit-length embeddings [B, H_teacher] of the batch rows in ``inputs`` (student-tokenized)."""
+        depth = self.backbone.depth
+        return F.normalize(self.features(inputs, [depth])[depth].float(), dim=-1)
+
+    @torch.no_grad()
+    def features(self, inputs: dict[str, torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
+        """Raw pooled features {layer: [B, H_teacher]} of the batch rows in ``inputs`` (student-tokenized); an
+        intermediate layer goes through the final norm first, as the student's do."""
         device = inputs["input_ids"].device
         if next(self.parameters()).device != device:
             self.to(device)
         if self.tokenizer is not None:
             texts = self.student_tokenizer.tokenizer.batch_decode(inputs["input_ids"], skip_special_tokens=True)
             inputs = {k: v.to(device) for k, v in self.tokenizer(texts).items()}
-        depth = self.backbone.depth
-        states = self.backbone(inputs["input_ids"], inputs["attention_mask"], [depth])
-        return F.normalize(self.pooling(states[depth], inputs["attention_mask"]).float(), dim=-1)
+        states = self.backbone(inputs["input_ids"], inputs["attention_mask"], layers)
+        return {layer: self.pooling(states[layer], inputs["attention_mask"]) for layer in layers}

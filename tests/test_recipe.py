@@ -50,8 +50,7 @@ MINIATURE = {
         "mel": {"rank": 32, "ranks": [8, 16, 32]},
     },
     "data": {"init_args": {
-        "stage1": {"steps": 2, "batch_size": 2},
-        "stage2": {"steps": 2, "batch_size": 2},
+        "stage1": {"epochs": 1, "batch_size": 8},
         "loader": {"num_workers": 0, "shuffle_buffer": 8},
     }},
 }
@@ -106,9 +105,9 @@ def test_the_readme_recipe_is_the_pages():
 def test_the_recipe_runs_on_a_miniature_of_the_release(tmp_path, monkeypatch, capsys):
     steps = commands(RECIPE.read_text(encoding="utf-8"))
     shapes = [" ".join(shlex.split(c)[:4]) for c in steps]
-    assert shapes == ["hf download codefuse-ai/F2LLM-v2 --repo-type", *["python -m mlembed shards"] * 2,
+    assert shapes == ["hf download codefuse-ai/F2LLM-v2 --repo-type", "python -m mlembed shards",
                       "python -m mlembed fit", *["python -m mlembed export"] * 2, "python -m mlembed evaluate"]
-    download, shards, fit, exports, evaluate = steps[0], steps[1:3], steps[3], steps[4:6], steps[6]
+    download, shards, fit, exports, evaluate = steps[0], steps[1:2], steps[2], steps[3:5], steps[5]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -120,29 +119,30 @@ def test_the_recipe_runs_on_a_miniature_of_the_release(tmp_path, monkeypatch, ca
     release = Path(argv[argv.index("--local-dir") + 1])
     write_release(release)
 
-    # Shards: as written (the shell expands $(find ...)), then each build holds the sources of its tasks.
+    # Shards: as written (the shell expands $(find ...)): every source, capped, 1% (at least one row) held out.
     for command in shards:
         assert run_mlembed(command, tmp_path) == 0
-    built = {}
-    for command in shards:
-        out = shlex.split(command)[shlex.split(command).index("--output") + 1]
-        built[out] = json.loads((tmp_path / out / "manifest.json").read_text())["sources"]
-    assert {out: {name: entry["task"] for name, entry in sources.items()} for out, sources in built.items()} == {
-        "data/f2llm-retrieval": {"msmarco": "retrieval"},
-        "data/f2llm-other": {"imdb": "classification", "banking77": "clustering"}}
-    assert {name: entry["samples"] for sources in built.values() for name, entry in sources.items()} == {
-        name: rows for name, (rows, _, _) in MINI.items()}
+    (command,) = shards
+    out = shlex.split(command)[shlex.split(command).index("--output") + 1]
+    built = json.loads((tmp_path / out / "manifest.json").read_text())
+    assert {name: entry["task"] for name, entry in built["sources"].items()} == {
+        "msmarco": "retrieval", "imdb": "classification", "banking77": "clustering"}
+    assert {name: entry["samples"] for name, entry in built["sources"].items()} == {
+        name: rows - 1 for name, (rows, _, _) in MINI.items()}  # none is over the 80,000 cap
+    assert {name: entry["samples"] for name, entry in built["val_sources"].items()} == {name: 1 for name in MINI}
+    assert built["sampling"] == {"max_per_source": 80000, "seed": 42, "val_fraction": 0.01}
 
     # Fit: the page's command with the miniature stacked right after the paper's config.
-    assert f"--config {PAPER_CONFIG} " in fit
+    assert fit == f"python -m mlembed fit --config {PAPER_CONFIG}"
     (tmp_path / "miniature.yaml").write_text(yaml.safe_dump(MINIATURE))
-    argv = shlex.split(fit.replace(f"--config {PAPER_CONFIG} ", f"--config {PAPER_CONFIG} --config miniature.yaml "))
-    assert run_mlembed(shlex.join(argv), tmp_path) == 0
+    assert run_mlembed(f"{fit} --config miniature.yaml", tmp_path) == 0
     checkpoint = re.search(r"--ckpt (\S+)", exports[0])[1]
     metrics = (Path(checkpoint).parents[1] / "metrics.csv").read_text()
     assert Path(checkpoint).is_file() and "train/loss" in metrics
+    assert all(f"val/loss/{name}" in metrics for name in MINI)  # validated on each source's held-out rows
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    assert saved["global_step"] == 4  # both stages of the miniature: 2 + 2 steps
+    # One epoch of the miniature: each source's training rows // the batch of 8.
+    assert saved["global_step"] == sum((rows - 1) // 8 for rows, _, _ in MINI.values()) == 9
     assert mlembed.load(checkpoint).points().ranks == (8, 16, 32)
 
     # Export: both modes, at the miniature's point.

@@ -227,3 +227,39 @@ def test_bad_distillation_settings_name_the_flag(kwargs, flag):
 def test_a_teacher_without_kd_teacher_model_is_refused():
     with pytest.raises(ValueError, match="--model.teacher is set but --model.loss.kd_teacher"):
         EmbeddingModule(tiny_backbone("bert"), teacher=TeacherConfig(), optimizer=OptimizerConfig())
+
+
+def test_the_authors_feature_distillation_is_their_formula():
+    """kd_feature_weight: at every MLL layer, MSE of raw features (queries, positives, negatives) against the frozen
+    teacher's same layer, added once per layer and averaged over layers (written out here from the method)."""
+    import dataclasses
+
+    module = EmbeddingModule(tiny_backbone("bert", layers=3), mel=MEL(rank=64, min_rank=8), mll=MLL(), mrl=MRL(),
+                             loss=ContrastiveLoss(kd_teacher="model", kd_feature_weight=0.5),
+                             teacher=TeacherConfig(tiny_backbone("bert", layers=3)))  # another random model
+    module.configure_model()
+    module.init_mel_from_svd()
+    batch = make_batch(module)
+    layers = module.layers
+    assert layers == (1, 2, 3) and module.teacher_layers == {1: 1, 2: 2, 3: 3}
+    loss, logs = module.model_step(batch, layers)
+    teacher = module.frozen_teacher
+    expected = 0.0
+    for layer in layers:
+        for key in ("query", "positive", "negatives"):
+            inputs = batch[key]
+            mine = module.encoder.pooling(module.encoder.backbone(inputs["input_ids"], inputs["attention_mask"],
+                                                                  [layer])[layer], inputs["attention_mask"])
+            states = teacher.backbone(inputs["input_ids"], inputs["attention_mask"], [layer])[layer]
+            expected = expected + F.mse_loss(mine, teacher.pooling(states, inputs["attention_mask"]))
+    expected = expected / len(layers)
+    assert float(logs["loss/kd_feature"]) == pytest.approx(float(expected), rel=1e-5)
+    module.loss_fn = dataclasses.replace(module.loss_fn, kd_feature_weight=0.0)
+    without, _ = module.model_step(batch, layers)
+    assert float(loss - without) == pytest.approx(0.5 * float(expected), rel=1e-4)
+    assert float(expected) > 0
+
+
+def test_feature_distillation_needs_a_frozen_model():
+    with pytest.raises(ValueError, match="--model.loss.kd_feature_weight .* set --model.loss.kd_teacher=model"):
+        ContrastiveLoss(kd_feature_weight=1.0)

@@ -87,21 +87,38 @@ class _Pool:
         yield from full
 
 
-def pick_negatives(rows: list[dict], n: int, rng: random.Random) -> list[str]:
+NEGATIVE_DRAWS = ("row", "batch")
+"""How a batch's hard negatives are chosen among each row's mined ones: ``row`` (each row draws its own) or
+``batch`` (the reference's: one draw of positions for the whole batch, shared by every row; classification
+sources take the first)."""
+
+
+def pick_negatives(rows: list[dict], n: int, rng: random.Random, draw: str = "row") -> list[str]:
     """Choose exactly ``n`` hard negatives for every row (flat, row-major: ``B * n`` texts).
 
-    A row with at least ``n`` negatives gets ``n`` of them without replacement. A row with fewer keeps all of
-    its own and is padded with the positives of OTHER rows of the same batch (never a text equal to its own
-    positive): they come from the same source, so they are plausible negatives, and they keep every row at the
-    same N, which the loss needs. Only when the batch offers nothing else are the row's own negatives repeated.
+    A row with at least ``n`` negatives gets ``n`` of them without replacement: with ``draw="row"`` each row its
+    own random ones; with ``draw="batch"`` the same positions in every row (one random sample of positions per
+    batch, as the reference draws them from its 24 mined negatives; the first ``n`` for a classification source).
+    A row with fewer keeps all of its own and is padded with the positives of OTHER rows of the same batch (never
+    a text equal to its own positive): they come from the same source, so they are plausible negatives, and they
+    keep every row at the same N, which the loss needs. Only when the batch offers nothing else are the row's own
+    negatives repeated.
     """
     if n == 0:
         return []
+    owns = [[t for t in row["negatives"] if t != row["positive"]] for row in rows]
+    shared: list[int] | None = None
+    if draw == "batch":
+        fewest = min(len(own) for own in owns)
+        if rows[0]["task"] == "classification":
+            shared = list(range(n))
+        elif fewest >= n:
+            shared = rng.sample(range(fewest), n)
     out: list[str] = []
     for i, row in enumerate(rows):
-        own = [t for t in row["negatives"] if t != row["positive"]]
+        own = owns[i]
         if len(own) >= n:
-            out.extend(rng.sample(own, n))
+            out.extend([own[j] for j in shared] if shared is not None else rng.sample(own, n))
             continue
         others = [r["positive"] for j, r in enumerate(rows) if j != i and r["positive"] != row["positive"]]
         pool = others or own
@@ -128,6 +145,8 @@ class Collator:
     """Per-task instruction templates with ``{instruction}`` and ``{query}``; others use DEFAULT_TEMPLATE."""
     num_negatives: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_NEGATIVES))
     """Hard negatives per query, per task."""
+    negative_draw: str = "row"
+    """One of ``NEGATIVE_DRAWS``."""
 
     def query_text(self, row: dict) -> str:
         """The query as the model sees it (with the instruction in instruction stages)."""
@@ -154,5 +173,5 @@ class Collator:
             "ids": [r["id"] for r in rows],
         }
         if n > 0:
-            batch["negatives"] = self.tokenizer(pick_negatives(rows, n, rng))
+            batch["negatives"] = self.tokenizer(pick_negatives(rows, n, rng, self.negative_draw))
         return batch

@@ -8,9 +8,9 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from mlembed.batch import TASKS
-from mlembed.data.batching import DEFAULT_NEGATIVES, Collator
+from mlembed.data.batching import DEFAULT_NEGATIVES, NEGATIVE_DRAWS, Collator
 from mlembed.data.loader import ResumableLoader
-from mlembed.data.sources import resolve_sources
+from mlembed.data.sources import held_out_specs, resolve_sources
 from mlembed.data.stream import EpochStream, ShardReader, StagePlan, TrainStream
 from mlembed.text import DEFAULT_TEMPLATE, TextTokenizer
 
@@ -23,7 +23,12 @@ class StageSettings:
     """Shard directories (holding manifest.json), ``source=pattern`` pairs, or patterns / URLs named
     ``<source>-<digits>.tar`` (``data/wiki-{000000..000009}.tar``, ``pipe:curl -s URL``)."""
     steps: int = 0
-    """Training batches drawn in this stage (0 skips it)."""
+    """Training batches drawn in this stage (0 skips it, unless ``epochs`` is set)."""
+    epochs: float = 0.0
+    """Passes over this stage's shards instead of a fixed ``steps`` (0: use ``steps``). An epoch holds each
+    source's ``samples // (batch_size x devices x nodes)`` batches (the manifest's counts), drawn in a seeded
+    order without replacement, so sources take turns in proportion to their size until every batch is used (the
+    authors' epoch). The steps follow from the data and the global batch, and the log states them at start."""
     batch_size: int = 32
     """Rows per batch, per device."""
     weights: dict[str, float] | None = None
@@ -36,8 +41,13 @@ class StageSettings:
     num_negatives: dict[str, int] = field(default_factory=dict)
     """Task -> hard negatives per query; unset tasks use 9 clustering, 1 classification, 7 others (retrieval, sts,
     bitext: the reference counts sts and bitext sources as retrieval)."""
+    negative_draw: str = "row"
+    """How each batch's hard negatives are picked among a row's mined ones: ``row`` (every row draws its own) or
+    ``batch`` (the reference's: one random draw of positions per batch, shared by its rows; classification sources
+    take the first ones)."""
     val_shards: list[str] = field(default_factory=list)
-    """Held-out shards of this stage, validated once per validation run (same forms as ``shards``)."""
+    """Held-out shards of this stage, validated once per validation run, the loss per source (same forms as
+    ``shards``). Empty: the held-out shards that ``mlembed shards --val-fraction`` wrote beside ``shards``, if any."""
     val_batch_size: int | None = None
     """Rows per validation batch (default: ``batch_size``)."""
 
@@ -45,12 +55,21 @@ class StageSettings:
         """Validate, naming the CLI flag (``--data.stage1``) in every error."""
         if self.steps < 0:
             raise ValueError(f"{flag}.steps ({self.steps}) must not be negative")
+        if self.epochs < 0:
+            raise ValueError(f"{flag}.epochs ({self.epochs}) must not be negative")
+        if self.epochs > 0 and self.steps > 0:
+            raise ValueError(f"{flag}.epochs ({self.epochs}) and {flag}.steps ({self.steps}) are both set: a stage's "
+                             "length is one or the other (set the unused one to 0)")
         if self.steps > 0 and not self.shards:
             raise ValueError(f"{flag}.shards is empty but {flag}.steps is {self.steps}")
+        if self.epochs > 0 and not self.shards:
+            raise ValueError(f"{flag}.shards is empty but {flag}.epochs is {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"{flag}.batch_size ({self.batch_size}) must be at least 1")
         if self.val_batch_size is not None and self.val_batch_size < 1:
             raise ValueError(f"{flag}.val_batch_size ({self.val_batch_size}) must be at least 1")
+        if self.negative_draw not in NEGATIVE_DRAWS:
+            raise ValueError(f"{flag}.negative_draw ({self.negative_draw!r}) must be one of {', '.join(NEGATIVE_DRAWS)}")
         for task, n in self.num_negatives.items():
             if task not in TASKS:
                 raise ValueError(f"{flag}.num_negatives names unknown task {task!r} (tasks: {', '.join(TASKS)})")
@@ -131,8 +150,9 @@ class ShardDataModule(L.LightningDataModule):
         if self.stage2 is not None:
             self.stage2.check("--data.stage2")
         self.loader.check()
-        if self.total_steps < 1:
+        if not any(s.epochs > 0 for _, s in self.stages) and self.total_steps < 1:
             raise ValueError("--data.stage1.steps + --data.stage2.steps must be at least 1")
+        self._epoch_plans: dict[tuple[int, int], dict[str, int]] = {}
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before any dataloader exists, so ranks never race.
@@ -148,12 +168,55 @@ class ShardDataModule(L.LightningDataModule):
 
     @property
     def total_steps(self) -> int:
-        """Training batches of both stages: link to ``trainer.max_steps``."""
-        return sum(s.steps for _, s in self.stages)
+        """Training batches of both stages (for the attached trainer's world size): ``trainer.max_steps``."""
+        return self.steps_for(self._rank()[1])
+
+    def steps_for(self, world: int) -> int:
+        """Training batches of both stages on ``world`` processes (stages given in epochs depend on it)."""
+        return sum(self.stage_steps(number, settings, world) for number, settings in self.stages)
+
+    def stage_steps(self, number: int, settings: StageSettings, world: int) -> int:
+        """Batches of one stage: its ``steps``, or ``epochs`` times the batches of one epoch over its shards."""
+        if settings.epochs <= 0:
+            return settings.steps
+        per_epoch = sum(self.epoch_batches(number, settings, world).values())
+        return int(round(settings.epochs * per_epoch))
+
+    def epoch_batches(self, number: int, settings: StageSettings, world: int) -> dict[str, int]:
+        """Source -> its batches in one epoch of stage ``number`` on ``world`` processes (``epochs`` stages)."""
+        key = (number, world)
+        if key not in self._epoch_plans:
+            flag = f"--data.stage{number}"
+            sources = resolve_sources(settings.shards, settings.weights, flag)
+            unknown = [s.name for s in sources if s.samples is None]
+            if unknown:
+                raise ValueError(f"{flag}.epochs needs each source's sample count from a shard manifest, but "
+                                 f"{', '.join(unknown)} has none; give its directory, or set {flag}.steps")
+            step = settings.batch_size * world
+            batches = {s.name: s.samples // step for s in sources}
+            if not sum(batches.values()):
+                raise ValueError(f"{flag}.epochs: no source of {flag}.shards holds a whole global batch of {step} "
+                                 f"samples ({settings.batch_size} per process x {world} processes)")
+            self._epoch_plans[key] = {name: n for name, n in batches.items() if n > 0}
+        return self._epoch_plans[key]
 
     def stage_at(self, step: int) -> int:
         """The stage of global batch ``step``."""
-        return 1 if step < self.stage1.steps else 2
+        return 1 if step < self.stage_steps(1, self.stage1, self._rank()[1]) else 2
+
+    def describe(self, world: int) -> str:
+        """One line per stage: its length, and for a stage in epochs how that follows from the data."""
+        lines = []
+        for number, settings in self.stages:
+            steps = self.stage_steps(number, settings, world)
+            if settings.epochs > 0:
+                batches = self.epoch_batches(number, settings, world)
+                lines.append(f"stage {number}: {settings.epochs:g} epochs x {sum(batches.values()):,} batches "
+                             f"({len(batches)} sources, global batch {settings.batch_size} x {world} processes) = "
+                             f"{steps:,} steps")
+            elif steps:
+                lines.append(f"stage {number}: {steps:,} steps")
+        return "\n".join(lines)
 
     def _collator(self, number: int, settings: StageSettings) -> Collator:
         if self.tokenizer is None:
@@ -161,7 +224,7 @@ class ShardDataModule(L.LightningDataModule):
         return Collator(
             self.tokenizer, stage=number, instructions=settings.instructions,
             templates={t: settings.templates.get(t, self.instruction_template) for t in TASKS},
-            num_negatives={**DEFAULT_NEGATIVES, **settings.num_negatives},
+            num_negatives={**DEFAULT_NEGATIVES, **settings.num_negatives}, negative_draw=settings.negative_draw,
         )
 
     def plans(self, val: bool = False) -> list[StagePlan]:
@@ -169,12 +232,22 @@ class ShardDataModule(L.LightningDataModule):
         out = []
         for number, settings in self.stages:
             specs = settings.val_shards if val else settings.shards
-            if not specs or (not val and settings.steps == 0):
+            split = "train"
+            if val and not specs and (settings.steps > 0 or settings.epochs > 0):
+                specs, split = held_out_specs(settings.shards), "val"  # the build's own held-out shards
+            steps = 0 if val else self.stage_steps(number, settings, self._rank()[1])
+            if not specs or (not val and steps == 0):
                 continue
             flag = f"--data.stage{number}"
-            sources = resolve_sources(specs, None if val else settings.weights, flag, mixing=not val)
+            sources = resolve_sources(specs, None if val else settings.weights, flag, mixing=not val, split=split)
+            if settings.instructions and not val:
+                _check_instructions(sources, flag)
             batch_size = (settings.val_batch_size or settings.batch_size) if val else settings.batch_size
-            out.append(StagePlan(number, settings.steps, batch_size, sources, self._collator(number, settings)))
+            epoch = None
+            if settings.epochs > 0 and not val:
+                epoch = self.epoch_batches(number, settings, self._rank()[1])
+            out.append(StagePlan(number, steps if not val else settings.steps, batch_size, sources,
+                                 self._collator(number, settings), epoch))
         return out
 
     def _rank(self) -> tuple[int, int]:
@@ -200,7 +273,7 @@ class ShardDataModule(L.LightningDataModule):
         return ResumableLoader(self.train_stream(rank, world), num_workers=self.loader.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
-        if not any(s.val_shards for _, s in self.stages):
+        if not self.plans(val=True):
             return []
         rank, world = self._rank()
         return DataLoader(self.val_stream(rank, world), batch_size=None, num_workers=self.loader.num_workers)
@@ -214,7 +287,22 @@ class ShardDataModule(L.LightningDataModule):
         return self._held_out("predict")
 
     def _held_out(self, subcommand: str) -> DataLoader:
-        if not any(s.val_shards for _, s in self.stages):
+        if not self.plans(val=True):
             raise ValueError(f"`{subcommand}` reads the held-out shards: set --data.stage1.val_shards or "
                              "--data.stage2.val_shards")
         return self.val_dataloader()
+
+
+def _check_instructions(sources: list, flag: str) -> None:
+    """Refuse ``instructions: true`` on shards whose manifests say that no record has an instruction.
+
+    It would do nothing, silently: the released F2LLM data, for one, carries no instruction field (whatever
+    instruction a source has is already part of its query text). Shards without a manifest, or written before
+    instructions were counted, are not checked.
+    """
+    counts = [info.instructions for source in sources for info in source.checks.values()]
+    covered = all(len(source.checks) == len(source.urls) for source in sources)
+    if counts and covered and None not in counts and sum(counts) == 0:
+        raise ValueError(f"{flag}.instructions is true but no record of {flag}.shards has an instruction (their "
+                         f"manifests count 0), so it would change nothing; set {flag}.instructions=false, or write "
+                         "the shards from records with an 'instruction' field")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mlembed.data.manifest import ShardManifest
 from mlembed.data.records import SOURCE_NAME, Record, RecordError, _parquet_file, parse_record
-from mlembed.data.shards import write_sources
+from mlembed.data.shards import Sampling, write_sources
 from mlembed.data.source_tasks import (
     REFERENCE_TASKS,
     UnknownSourceError,
@@ -249,8 +249,10 @@ def plan_sources(inputs: Sequence[str | Path], columns: Columns | str | None = N
 def write_f2llm_shards(inputs: Sequence[str | Path], output: str | Path, columns: Columns | str | None = None,
                        task_of: Iterable[str] | dict[str, str] = (), task_map: str | Path | None = None,
                        only_tasks: Iterable[str] | None = None, shard_size: int = 10_000,
-                       skip_invalid: bool = False, overwrite: bool = False, workers: int = 1) -> ShardManifest:
-    """``plan_sources`` then ``mlembed.data.shards.write_sources``: one source per file, ``workers`` at a time."""
+                       skip_invalid: bool = False, overwrite: bool = False, workers: int = 1,
+                       sampling: Sampling | None = None) -> ShardManifest:
+    """``plan_sources`` then ``mlembed.data.shards.write_sources``: one source per file, ``workers`` at a time,
+    each cut and split as ``sampling`` says."""
     jobs, _ = plan_sources(inputs, columns, task_of, task_map, only_tasks)
     return write_sources(jobs, output, shard_size=shard_size, skip_invalid=skip_invalid, overwrite=overwrite,
-                         workers=workers)
+                         workers=workers, sampling=sampling)

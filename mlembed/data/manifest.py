@@ -27,6 +27,10 @@ class ShardInfo:
     """The task of that source."""
     samples: int
     """Number of samples in the shard."""
+    instructions: int | None = None
+    """Samples that carry an instruction (absent in manifests written before it was counted)."""
+    split: str = "train"
+    """``train``, or ``val``: a held-out shard of the source (``--val-fraction``), kept under ``val/``."""
     sha256: str | None = None
     """SHA-256 of the shard file, computed while it was written (absent in manifests written before checksums
     were recorded: those shards are checked by sample count only)."""
@@ -44,21 +48,26 @@ class ShardManifest:
     """Skipped records per reason (the reason text without file and line)."""
     invalid_examples: list[str] = field(default_factory=list)
     """The first few skipped records as ``file:line: reason``."""
+    sampling: dict | None = None
+    """How the rows were chosen (``--max-per-source``, ``--seed``, ``--val-fraction``), when they were."""
 
-    def sources(self) -> dict[str, dict]:
-        """``{source: {"task", "samples", "shards": [paths]}}`` summed over shards."""
+    def sources(self, split: str = "train") -> dict[str, dict]:
+        """``{source: {"task", "samples", "shards": [paths]}}`` summed over the shards of ``split``."""
         out: dict[str, dict] = {}
         for shard in self.shards:
+            if shard.split != split:
+                continue
             entry = out.setdefault(shard.source, {"task": shard.task, "samples": 0, "shards": []})
             entry["samples"] += shard.samples
             entry["shards"].append(shard.path)
         return out
 
     def tasks(self) -> dict[str, int]:
-        """Samples per task."""
+        """Training samples per task."""
         out: dict[str, int] = {}
         for shard in self.shards:
-            out[shard.task] = out.get(shard.task, 0) + shard.samples
+            if shard.split == "train":
+                out[shard.task] = out.get(shard.task, 0) + shard.samples
         return out
 
     def to_json(self) -> dict:
@@ -66,7 +75,9 @@ class ShardManifest:
         data = asdict(self)
         data["sources"] = self.sources()
         data["tasks"] = self.tasks()
-        data["samples"] = sum(s.samples for s in self.shards)
+        data["samples"] = sum(s.samples for s in self.shards if s.split == "train")
+        if any(s.split == "val" for s in self.shards):
+            data["val_sources"] = self.sources("val")
         return data
 
     def save(self, directory: str | Path) -> Path:
@@ -90,4 +101,5 @@ class ShardManifest:
         return cls(
             shards=[ShardInfo(**s) for s in data["shards"]], invalid=data.get("invalid", 0),
             invalid_reasons=data.get("invalid_reasons", {}), invalid_examples=data.get("invalid_examples", []),
+            sampling=data.get("sampling"),
         )

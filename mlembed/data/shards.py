@@ -10,9 +10,11 @@ in only once complete, so a bad record (or a crash) leaves the earlier shards as
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import queue
+import random
 import re
 import shutil
 import tempfile
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -39,12 +42,71 @@ STAGING = ".staging"
 """Suffix of the directory an ``overwrite`` build is written into before it replaces the output."""
 
 
+VAL_DIR = "val"
+"""Subdirectory of a shard build that holds its held-out (``--val-fraction``) shards."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which rows of each source are written, and which are held out: the authors' data preparation.
+
+    Each source is cut to a seeded random sample of at most ``max_per_source`` rows, then a seeded
+    ``val_fraction`` of those (at least one row, and never all) goes to validation shards under ``val/``. Both
+    draws are seeded by ``seed`` and the source's name, so two builds with the same settings write the same
+    rows, and a source's sample does not depend on which other sources are in the build.
+    """
+
+    max_per_source: int | None = None
+    """Rows kept per source (None: all)."""
+    seed: int = 42
+    """Seed of both draws."""
+    val_fraction: float = 0.0
+    """Share of each source's kept rows held out for validation (0: none)."""
+
+    def __post_init__(self) -> None:
+        if self.max_per_source is not None and self.max_per_source < 1:
+            raise ValueError(f"--max-per-source ({self.max_per_source}) must be at least 1")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"--val-fraction ({self.val_fraction}) must be in [0, 1)")
+
+    @property
+    def active(self) -> bool:
+        """Whether any row is left out or held out."""
+        return self.max_per_source is not None or self.val_fraction > 0
+
+    def splits(self, source: str, rows: int) -> Callable[[int], str | None]:
+        """``split(row)`` for the 1-based rows of a source of ``rows`` rows: ``train``, ``val`` or None (left out)."""
+        everything = range(1, rows + 1)
+        kept = None
+        if self.max_per_source is not None and rows > self.max_per_source:
+            kept = set(random.Random(f"{self.seed}/{source}/sample").sample(everything, self.max_per_source))
+        count = rows if kept is None else len(kept)
+        held: set[int] = set()
+        if self.val_fraction > 0 and count > 1:
+            n = min(max(1, math.ceil(count * self.val_fraction)), count - 1)
+            held = set(random.Random(f"{self.seed}/{source}/val").sample(
+                everything if kept is None else sorted(kept), n))
+
+        def split(row: int) -> str | None:
+            if kept is not None and row not in kept:
+                return None
+            return "val" if row in held else "train"
+
+        return split
+
+
 class _SourceWriter:
     """A ``wds.ShardWriter`` for one source that renames each shard when it is closed and records it."""
 
-    def __init__(self, directory: Path, source: str, task: str, shard_size: int, manifest: ShardManifest):
-        self.directory, self.source, self.task, self.manifest = directory, source, task, manifest
+    def __init__(self, directory: Path, source: str, task: str, shard_size: int, manifest: ShardManifest,
+                 split: str = "train"):
+        self.source, self.task, self.manifest, self.split = source, task, manifest, split
+        self.subdir = "" if split == "train" else VAL_DIR
+        directory = directory / self.subdir
+        directory.mkdir(exist_ok=True)
+        self.directory = directory
         self.counts: dict[str, int] = {}
+        self.instructions: dict[str, int] = {}
         # Imported here: webdataset imports torch (~250 MB, seconds), which a parent that only hands sources to
         # worker processes never needs.
         import webdataset as wds
@@ -66,9 +128,10 @@ class _SourceWriter:
         file.close()  # the tar writer does not close a file it did not open
         final = fname[: -len(PARTIAL)]
         os.replace(fname, final)
-        name = Path(final).name
+        name = f"{self.subdir}/{Path(final).name}" if self.subdir else Path(final).name
         self.manifest.shards.append(
-            ShardInfo(name, self.source, self.task, self.counts.pop(fname, 0), file.hexdigest()))
+            ShardInfo(name, self.source, self.task, self.counts.pop(fname, 0), self.instructions.pop(fname, 0),
+                      self.split, file.hexdigest()))
 
     def write(self, record: Record) -> None:
         if record.task != self.task:
@@ -76,6 +139,8 @@ class _SourceWriter:
         self.writer.write({"__key__": f"{self.index:09d}", "json": record.to_json()})
         self.index += 1
         self.counts[self.writer.fname] = self.counts.get(self.writer.fname, 0) + 1
+        if record.instruction:
+            self.instructions[self.writer.fname] = self.instructions.get(self.writer.fname, 0) + 1
 
     def close(self) -> None:
         self.writer.close()
@@ -110,8 +175,8 @@ def _is_shard_build(directory: Path) -> bool:
 
 
 def _is_shard_file(path: Path) -> bool:
-    """Whether ``path`` is a file of a shard build (what ``overwrite`` replaces)."""
-    return path.name == MANIFEST_NAME or path.name.endswith((".tar", ".tar" + PARTIAL))
+    """Whether ``path`` is a file of a shard build (what ``overwrite`` replaces): held-out shards' folder too."""
+    return path.name in (MANIFEST_NAME, VAL_DIR) or path.name.endswith((".tar", ".tar" + PARTIAL))
 
 
 def _swap_in(staging: Path, output: Path) -> None:
@@ -230,7 +295,8 @@ class SourceJob(Protocol):
 
 
 def write_sources(jobs: Sequence[SourceJob], output: str | Path, shard_size: int = 10_000,
-                  skip_invalid: bool = False, overwrite: bool = False, workers: int = 1) -> ShardManifest:
+                  skip_invalid: bool = False, overwrite: bool = False, workers: int = 1,
+                  sampling: Sampling | None = None) -> ShardManifest:
     """Write every job's source into its own shards in ``output``, ``workers`` sources at a time, then the manifest.
 
     Each job is written by one process (with ``workers > 1``, a pool of fresh ``spawn`` processes), into the same
@@ -238,6 +304,8 @@ def write_sources(jobs: Sequence[SourceJob], output: str | Path, shard_size: int
     not depend on ``workers``. The output guarantees are those of ``write_shards``: a shard is renamed only once
     complete, the manifest is written last, and with ``overwrite`` the build is staged and swapped in only once
     every source succeeded. The first failing source stops the others (their unfinished shards are deleted).
+    ``sampling`` cuts each source to a seeded sample and holds a seeded share out (validation shards under
+    ``val/``, marked ``split: val`` in the manifest, which records the settings).
 
     Raises:
         RecordError: the first bad record of a failing source, when ``skip_invalid`` is off.
@@ -253,7 +321,7 @@ def write_sources(jobs: Sequence[SourceJob], output: str | Path, shard_size: int
             raise ValueError(f"source {job.source!r} is given twice (each source is written by one job)")
         seen.add(job.source)
     return _build(output, overwrite, lambda directory: _fill_sources(directory, list(jobs), shard_size,
-                                                                     skip_invalid, workers))
+                                                                     skip_invalid, workers, sampling))
 
 
 PROGRESS_EVERY = 1024
@@ -261,13 +329,14 @@ PROGRESS_EVERY = 1024
 
 
 def _fill_sources(directory: Path, jobs: list[SourceJob], shard_size: int, skip_invalid: bool,
-                  workers: int) -> ShardManifest:
+                  workers: int, sampling: Sampling | None = None) -> ShardManifest:
     with tqdm(total=sum(job.rows for job in jobs), desc="writing shards", unit=" rec", disable=None) as bar:
         if workers == 1 or len(jobs) <= 1:
-            parts = [_write_source(directory, job, shard_size, skip_invalid, bar.update) for job in jobs]
+            parts = [_write_source(directory, job, shard_size, skip_invalid, bar.update, sampling) for job in jobs]
         else:
-            parts = _write_in_pool(directory, jobs, shard_size, skip_invalid, min(workers, len(jobs)), bar)
-    manifest = ShardManifest()
+            parts = _write_in_pool(directory, jobs, shard_size, skip_invalid, min(workers, len(jobs)), bar,
+                                   sampling)
+    manifest = ShardManifest(sampling=asdict(sampling) if sampling is not None and sampling.active else None)
     for part in parts:  # in job order, so the manifest does not depend on which worker finished first
         manifest.shards.extend(part.shards)
         manifest.invalid += part.invalid
@@ -281,35 +350,42 @@ def _fill_sources(directory: Path, jobs: list[SourceJob], shard_size: int, skip_
 
 
 def _write_source(directory: Path, job: SourceJob, shard_size: int, skip_invalid: bool,
-                  progress: Callable[[int], object]) -> ShardManifest:
-    """Write one source's shards into ``directory``; return its part of the manifest (not saved)."""
+                  progress: Callable[[int], object], sampling: Sampling | None = None) -> ShardManifest:
+    """Write one source's shards into ``directory`` (held-out ones under ``val/``); return its part of the
+    manifest (not saved)."""
     manifest = ShardManifest()
-    writer: _SourceWriter | None = None
+    writers: dict[str, _SourceWriter] = {}
+    split_of = sampling.splits(job.source, job.rows) if sampling is not None and sampling.active else None
     done = 0
     try:
-        for _, item in job.records():
+        for row, item in job.records():
             done += 1
             if done == PROGRESS_EVERY:
                 progress(done)
                 done = 0
+            split = "train" if split_of is None else split_of(row)
+            if split is None:  # left out of the source's sample
+                continue
             if isinstance(item, RecordError):
                 if not skip_invalid:
                     raise item
                 _count_invalid(manifest, item)
                 continue
+            writer = writers.get(split)
             if writer is None:  # created on the first good record: a source of only bad ones writes no shard
-                writer = _SourceWriter(directory, job.source, job.task, shard_size, manifest)
+                writer = writers[split] = _SourceWriter(directory, job.source, job.task, shard_size, manifest, split)
             writer.write(item)
-        if writer is not None:
+        for writer in writers.values():
             writer.close()
     except BaseException:
-        if writer is not None:
+        for writer in writers.values():
             writer.abort()
-        # Only this source's unfinished shard: other workers may be writing theirs into the same directory.
+        # Only this source's unfinished shards: other workers may be writing theirs into the same directory.
         own = re.compile(re.escape(job.source) + r"-\d+\.tar" + re.escape(PARTIAL))
-        for path in directory.glob(f"{job.source}-*{PARTIAL}"):
-            if own.fullmatch(path.name):
-                path.unlink(missing_ok=True)
+        for folder in (directory, directory / VAL_DIR):
+            for path in folder.glob(f"{job.source}-*{PARTIAL}"):
+                if own.fullmatch(path.name):
+                    path.unlink(missing_ok=True)
         raise
     progress(done)
     manifest.shards.sort(key=lambda s: s.path)
@@ -353,10 +429,11 @@ def _report(count: int) -> None:
     _worker_state["progress"].put(count)
 
 
-def _run_job(directory: Path, job: SourceJob, shard_size: int, skip_invalid: bool) -> ShardManifest:
+def _run_job(directory: Path, job: SourceJob, shard_size: int, skip_invalid: bool,
+             sampling: Sampling | None) -> ShardManifest:
     _worker_state["busy"] = True
     try:
-        return _write_source(directory, job, shard_size, skip_invalid, _report)
+        return _write_source(directory, job, shard_size, skip_invalid, _report, sampling)
     except _ParentGone:
         os._exit(1)  # its unfinished shard is deleted; nobody waits for a result
     finally:
@@ -364,7 +441,7 @@ def _run_job(directory: Path, job: SourceJob, shard_size: int, skip_invalid: boo
 
 
 def _write_in_pool(directory: Path, jobs: list[SourceJob], shard_size: int, skip_invalid: bool, workers: int,
-                   bar) -> list[ShardManifest]:
+                   bar, sampling: Sampling | None = None) -> list[ShardManifest]:
     """``_write_source`` of every job in a pool of ``workers`` processes; the parts in job order.
 
     ``spawn`` rather than ``fork``: the parent may hold pyarrow's threads, which a fork copies in whatever state
@@ -379,7 +456,7 @@ def _write_in_pool(directory: Path, jobs: list[SourceJob], shard_size: int, skip
     futures: dict = {}
     try:
         for i in sorted(range(len(jobs)), key=lambda i: -jobs[i].rows):
-            futures[pool.submit(_run_job, directory, jobs[i], shard_size, skip_invalid)] = i
+            futures[pool.submit(_run_job, directory, jobs[i], shard_size, skip_invalid, sampling)] = i
         waiting = set(futures)
         while waiting:
             _drain(progress, bar, timeout=0.1)
@@ -396,7 +473,7 @@ def _write_in_pool(directory: Path, jobs: list[SourceJob], shard_size: int, skip
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         if not all(f.done() and not f.cancelled() and f.exception() is None for f in futures):
-            for path in directory.glob(f"*{PARTIAL}"):  # what killed workers left
+            for path in directory.glob(f"**/*{PARTIAL}"):  # what killed workers left
                 path.unlink(missing_ok=True)
         progress.close()
 
@@ -421,8 +498,13 @@ def _count_invalid(manifest: ShardManifest, err: RecordError) -> None:
 def summary(manifest: ShardManifest) -> str:
     """A short human-readable summary of a finished build."""
     lines = [f"{len(manifest.shards)} shards, {sum(s.samples for s in manifest.shards)} samples"]
+    held = manifest.sources("val")
     for source, entry in sorted(manifest.sources().items()):
-        lines.append(f"  {source} ({entry['task']}): {entry['samples']} samples in {len(entry['shards'])} shards")
+        out = held.get(source, {}).get("samples")
+        lines.append(f"  {source} ({entry['task']}): {entry['samples']} samples in {len(entry['shards'])} shards"
+                     + (f", {out} held out for validation" if out else ""))
+    if manifest.sampling:
+        lines.append("sampling: " + ", ".join(f"{key}={value}" for key, value in manifest.sampling.items()))
     if manifest.invalid:
         lines.append(f"skipped {manifest.invalid} invalid records: {json.dumps(manifest.invalid_reasons)}")
     return "\n".join(lines)

@@ -47,6 +47,13 @@ def parser() -> argparse.ArgumentParser:
                        "query=query,positive=passage,negatives=negative_*")
     f2llm.add_argument("--workers", type=int, default=1, metavar="N",
                        help="write N sources at a time, each in its own process (1)")
+    f2llm.add_argument("--max-per-source", type=int, metavar="N",
+                       help="keep a seeded random sample of at most N rows of each source (the authors: 80000)")
+    f2llm.add_argument("--seed", type=int, default=42, metavar="S",
+                       help="seed of --max-per-source and --val-fraction (42, the authors'); recorded in the manifest")
+    f2llm.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                       help="hold out a seeded share F of each source's rows as validation shards under OUTPUT/val "
+                       "(the authors: 0.01); fit validates on them per source without a val_shards setting")
     p.add_argument("--demo", metavar="OUTDIR",
                    help="build the demo data (Django translations, chatterbot dialogues) into OUTDIR instead")
     return p
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.format != "f2llm":
         given = [flag for flag, value in (("--task-of", args.task_of), ("--task-map", args.task_map),
                                           ("--only-task", args.only_task), ("--columns", args.columns),
-                                          ("--workers", args.workers != 1)) if value]
+                                          ("--workers", args.workers != 1),
+                                          ("--max-per-source", args.max_per_source is not None),
+                                          ("--val-fraction", args.val_fraction)) if value]
         if given:
             p.error(f"{', '.join(given)} need --format f2llm")
     try:
@@ -84,14 +93,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _f2llm(args):
     from mlembed.data.f2llm import plan_sources
-    from mlembed.data.shards import write_sources
+    from mlembed.data.shards import Sampling, write_sources
 
+    sampling = Sampling(args.max_per_source, args.seed, args.val_fraction)  # checked before any file is read
     jobs, left_out = plan_sources(args.input, args.columns, args.task_of, args.task_map, args.only_task)
     if left_out:
         print(f"left out (--only-task {' '.join(args.only_task)}): "
               + ", ".join(f"{job.source} ({job.task})" for job in left_out), file=sys.stderr)
     return write_sources(jobs, args.output, shard_size=args.shard_size, skip_invalid=args.skip_invalid,
-                         overwrite=args.overwrite, workers=args.workers)
+                         overwrite=args.overwrite, workers=args.workers, sampling=sampling)
 
 
 if __name__ == "__main__":  # pragma: no cover

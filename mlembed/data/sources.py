@@ -31,7 +31,7 @@ class ShardSource:
 
 
 def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: str,
-                    mixing: bool = True) -> list[ShardSource]:
+                    mixing: bool = True, split: str = "train") -> list[ShardSource]:
     """Turn shard specs into sources with weights.
 
     Args:
@@ -43,13 +43,14 @@ def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: st
         flag: The CLI flag the specs came from (``--data.stage1``), for error messages.
         mixing: Whether the sources are mixed by weight (training); off, every source gets weight 1
             (validation passes over all of them).
+        split: Which shards of a directory's manifest: ``train``, or ``val`` (held out by ``--val-fraction``).
 
     Returns:
         The sources sorted by name, every one with a positive weight.
     """
     found: dict[str, ShardSource] = {}
     for spec in specs:
-        for name, urls, samples, checks in _expand(spec, flag):
+        for name, urls, samples, checks in _expand(spec, flag, split):
             source = found.setdefault(name, ShardSource(name))
             source.urls.extend(urls)
             source.checks.update(checks)
@@ -80,7 +81,7 @@ def resolve_sources(specs: list[str], weights: dict[str, float] | None, flag: st
     return chosen
 
 
-def _expand(spec: str, flag: str):
+def _expand(spec: str, flag: str, split: str = "train"):
     """Yield ``(source, urls, samples, checks)`` for one spec (checks: url -> ShardInfo, from a manifest)."""
     if "=" in spec and not spec.startswith("pipe:") and "://" not in spec.split("=", 1)[0]:
         name, pattern = spec.split("=", 1)
@@ -92,7 +93,7 @@ def _expand(spec: str, flag: str):
             raise FileNotFoundError(f"{flag}.shards: {path} has no {MANIFEST_NAME} (unfinished shard build?)")
         manifest = ShardManifest.load(path)
         checks = {str(path / shard.path): shard for shard in manifest.shards}
-        for name, entry in manifest.sources().items():
+        for name, entry in manifest.sources(split).items():
             urls = [str(path / p) for p in entry["shards"]]
             yield name, urls, entry["samples"], {url: checks[url] for url in urls}
         return
@@ -108,3 +109,13 @@ def _expand(spec: str, flag: str):
             )
         grouped.setdefault(match["source"], []).append(url)
     yield from ((name, urls, None, {}) for name, urls in grouped.items())
+
+
+def held_out_specs(specs: list[str]) -> list[str]:
+    """The shard directories among ``specs`` whose manifest holds held-out (``val``) shards."""
+    out = []
+    for spec in specs:
+        path = Path(spec)
+        if (path / MANIFEST_NAME).is_file() and ShardManifest.load(path).sources("val"):
+            out.append(spec)
+    return out

@@ -186,11 +186,30 @@ class StagePlan:
     """Sources with their mixing weights."""
     collator: Collator
     """Builds batch dicts for this stage (instructions, negatives, tokenizer)."""
+    epoch: dict[str, int] | None = None
+    """Source name -> its batches per epoch, for a stage counted in epochs: sources are then drawn without
+    replacement (each epoch a seeded order of exactly these batches); None: drawn by weight, with replacement."""
 
     def source_of(self, index: int, seed: int) -> ShardSource:
         """The source of this stage's ``index``-th batch (the same on every rank and worker)."""
+        if self.epoch is not None:
+            number, position = divmod(index, sum(self.epoch.values()))
+            return self._by_name[self._epoch_order(number, seed)[position]]
         rng = seeded(seed, "mix", self.stage, index)
         return rng.choices(self.sources, weights=[s.weight for s in self.sources])[0]
+
+    @property
+    def _by_name(self) -> dict[str, ShardSource]:
+        return {source.name: source for source in self.sources}
+
+    def _epoch_order(self, number: int, seed: int) -> list[str]:
+        """The sources of every batch of epoch ``number``, in a seeded order (cached: one epoch at a time)."""
+        cached = getattr(self, "_order", None)
+        if cached is None or cached[0] != number:
+            order = [name for name in sorted(self.epoch) for _ in range(self.epoch[name])]
+            seeded(seed, "epoch-order", self.stage, number).shuffle(order)
+            cached = self._order = (number, order)
+        return cached[1]
 
 
 def _worker() -> tuple[int, int]:

@@ -1,0 +1,38 @@
+"""Worker of test_authors_parity.py (torchrun, 2 gloo ranks): one DDP step under the authors' loss settings.
+
+Tiny Qwen3 with MEL (pinned at rank 16), MLL and MRL on; in-batch positives gathered without gradient, nothing
+masked, one hard negative per query. Saves this rank's loss and the gradients after DDP's averaging.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader
+
+from tests.distributed.common import WORLD, rank_rows
+from tests.distributed.gather_worker import PinnedRank, Record
+from tests.distributed.test_authors_parity import authors_module, batch_of
+
+
+def main(out: str) -> None:
+    rank = int(os.environ["RANK"])
+    module = authors_module()
+    batch = rank_rows(batch_of(module), rank)
+    record = Record()
+    strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
+    trainer = Trainer(accelerator="cpu", devices=WORLD, strategy=strategy, max_steps=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      use_distributed_sampler=False, callbacks=[record, PinnedRank()])
+    trainer.fit(module, DataLoader([batch], batch_size=None))
+    torch.save({"loss": record.loss, "grads": record.grads}, os.path.join(out, f"rank{rank}.pt"))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
