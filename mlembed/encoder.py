@@ -110,6 +110,43 @@ class Encoder(nn.Module):
         self.grid = PointGrid(ranks=tuple(sorted({*ranks, full})), depths=points.depths, dims=points.dims)
         return self
 
+    @torch.no_grad()
+    def start_from(self, previous: Encoder) -> None:
+        """Take the trained weights of ``previous`` (an earlier stage's encoder) as this encoder's starting point.
+
+        Every weight but the token embedding is copied as it is (the backbones must have the same shape). The
+        token embedding follows the axes of each side: factors to factors of the same rank are copied; a dense
+        trained matrix into a model with MEL becomes the matrix its SVD factors are taken from (``SVDInit``
+        factorises the embedding as trained so far, not the starting model's); factors into a model without MEL
+        become the dense matrix A @ B.
+        """
+        self.build()
+        previous.build()
+        mine, theirs = self.factorized_embedding, previous.factorized_embedding
+        skip = _embedding_keys(previous)
+        state = {k: v for k, v in previous.backbone.state_dict().items() if k not in skip}
+        expected = set(self.backbone.state_dict()) - _embedding_keys(self)
+        if set(state) != expected:
+            raise ValueError(f"--model.init_from: its backbone is another architecture ({len(set(state) ^ expected)} "
+                             "weights differ by name)")
+        try:
+            self.backbone.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # a shape mismatch
+            raise ValueError(f"--model.init_from: its backbone has other sizes: {str(err).splitlines()[-1]}") from None
+        if mine is not None and theirs is not None:
+            if mine.max_rank != theirs.max_rank:
+                raise ValueError(f"--model.init_from: its MEL factors have rank {theirs.max_rank}, this model's "
+                                 f"--model.mel.rank is {mine.max_rank}")
+            mine.load_state_dict(theirs.state_dict())
+            mine.source_weight = None
+        elif mine is not None:
+            mine.source_weight = previous.backbone.model.get_input_embeddings().weight.detach().clone()
+            mine.initialized.fill_(False)
+        else:
+            dense = theirs.materialize() if theirs is not None else \
+                previous.backbone.model.get_input_embeddings().weight
+            self.backbone.model.get_input_embeddings().weight.copy_(dense)
+
     def build_backbone(self) -> Backbone:
         """Load or create the Hugging Face model alone, with its ordinary token embedding (idempotent)."""
         if self.backbone.model is None:
@@ -298,6 +335,13 @@ class Encoder(nn.Module):
             total -= sum(count_parameters(layer) for layer in list(layers)[depth:])
         return total
 
+
+
+def _embedding_keys(encoder: Encoder) -> set[str]:
+    """The backbone state keys of the token embedding (dense matrix or MEL factors)."""
+    embedding = encoder.backbone.model.get_input_embeddings()
+    prefix = next(name for name, module in encoder.backbone.named_modules() if module is embedding) + "."
+    return {key for key in encoder.backbone.state_dict() if key.startswith(prefix)}
 
 
 def trained_grid(mel: MEL, mll: MLL, mrl: MRL, backbone: Backbone) -> PointGrid:

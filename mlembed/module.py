@@ -20,6 +20,7 @@ from mlembed.backbone import BackboneConfig
 from mlembed.batch import uses_in_batch_negatives
 from mlembed.encoder import ENCODER_PREFIX, Encoder, default_pooling, encoder_state_keys, trained_grid
 from mlembed.gradcache import CachedStep, GradCache, apply_cached_update, chunk_embedder
+from mlembed.loading import load_checkpoint
 from mlembed.losses import ContrastiveLoss, feature_distillation_loss, gather_single_process
 from mlembed.optim import OptimizerConfig
 from mlembed.pooling import Pooling
@@ -50,6 +51,11 @@ class EmbeddingModule(LightningModule):
             on small memory. It switches the module to manual optimization (see mlembed.gradcache).
         teacher: the frozen model that ``--model.loss.kd_teacher=model`` distils from (default: the starting
             model itself; see mlembed.teacher).
+        init_from: a checkpoint of an earlier stage (file or sharded directory) whose weights start this fit: the
+            next stage of a chained schedule, with its own axes, distillation, data and a fresh learning-rate
+            schedule (warmup and cosine restart; the optimizer state starts anew). Where MEL turns on here but was
+            off there, the factors come from the SVD of the embedding as trained so far (see
+            ``Encoder.start_from``). Not a resume: ``--ckpt_path`` continues a stage where it stopped.
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class EmbeddingModule(LightningModule):
         on_nonfinite: Literal["raise", "skip"] = "raise",
         grad_cache: GradCache | None = None,
         teacher: TeacherConfig | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +85,7 @@ class EmbeddingModule(LightningModule):
         """Shards the loader skipped as damaged (``--data.skip_damaged``), logged as ``train/damaged_shards``."""
         self.grad_cache = grad_cache
         self.teacher_config = teacher
+        self.init_from = init_from
         if teacher is not None and loss.kd_teacher != "model":
             raise ValueError("--model.teacher is set but --model.loss.kd_teacher is not 'model': set both, or neither")
         if grad_cache is not None:
@@ -101,6 +109,12 @@ class EmbeddingModule(LightningModule):
         self.mll_loss = self.mll.bind(backbone.depth)
         self.mrl_loss = self.mrl.bind(backbone.hidden_size)
         self.encoder.build()  # the MEL factors, once the other axes fit the backbone
+        if self.init_from:  # the next stage of a chained schedule starts from the last one's weights
+            try:
+                previous = load_checkpoint(self.init_from)
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"--model.init_from: {err}") from None
+            self.encoder.start_from(previous)
         self.active_layers = self.layers
         self.ranks = self.mel.resolve_ranks() if self.mel.enabled else ()
         self.encoder.grid = trained_grid(self.mel, self.mll, self.mrl, backbone)

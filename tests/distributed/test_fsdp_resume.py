@@ -95,3 +95,22 @@ def test_a_directory_that_is_not_a_sharded_checkpoint_is_named(tiny_shards, tmp_
     done = fit(tiny_shards, tmp_path, f"--ckpt_path={tmp_path}")
     assert done.returncode != 0
     assert f"--ckpt_path {tmp_path} is a directory but not a sharded Lightning checkpoint" in done.stderr
+
+
+def test_a_chained_stage_starts_under_fsdp_from_a_sharded_checkpoint(tiny_shards, killed, tmp_path):
+    """``--model.init_from`` takes the sharded directory FSDP writes: the next stage starts from the same weights
+    as from Lightning's consolidated file, and from other weights than a fresh start."""
+    from tests.distributed.test_fsdp import consolidate
+
+    _, last = resume_copy(killed, tmp_path)
+    single = consolidate(last)
+    first = {}
+    for name, extra in {"sharded": [f"--model.init_from={last}"], "consolidated": [f"--model.init_from={single}"],
+                        "fresh": []}.items():
+        root = tmp_path / name
+        root.mkdir()
+        done = fit(tiny_shards, root, record_steps(root / "steps.jsonl"), *extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+        first[name] = read_steps(root / "steps.jsonl")[0]["loss"]
+    assert first["sharded"] == pytest.approx(first["consolidated"], rel=1e-5)
+    assert first["sharded"] != pytest.approx(first["fresh"], rel=1e-3)

@@ -143,3 +143,26 @@ class SavePredictions(Callback):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         torch.save({"ids": self.ids, "vectors": torch.cat(self.vectors)}, self.path)
+
+
+class StageProbe(Callback):
+    """Saves to ``path`` what a stage starts from and its learning rates: the MEL factors (or the dense token
+    embedding) and every other backbone weight at the start of training, and the learning rate of each step.
+
+    Args:
+        path: the ``torch.save`` file, written at the end of training.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.record: dict = {"lr": []}
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.record["start"] = {k: v.detach().clone() for k, v in pl_module.encoder.backbone.state_dict().items()}
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
+        self.record["lr"].append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.record["end"] = {k: v.detach().clone() for k, v in pl_module.encoder.backbone.state_dict().items()}
+        torch.save(self.record, self.path)
