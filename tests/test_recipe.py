@@ -4,7 +4,7 @@ The commands are read from the page, so the test runs what a user copies. What c
 the open, by the substitutions below (each must still match the page): the download writes nothing (the miniature
 of tests/data/test_f2llm.py is laid out where it would land, and the ``hf`` flags are checked against
 ``hf download --help``); ``fit`` stacks a scale-down config on the paper's (CPU, a tiny random Qwen3 with the real
-Qwen3 tokenizer, two steps per stage), and the point and the mteb tasks fit that tiny model and stay offline
+Qwen3 tokenizer, one epoch in batches of 8), and the point and the mteb tasks fit that tiny model and stay offline
 (in-memory tasks of the same types as the page's). The README's recipe section must hold the same commands.
 """
 
@@ -167,3 +167,39 @@ def test_the_recipe_runs_on_a_miniature_of_the_release(tmp_path, monkeypatch, ca
     found = sorted(out.glob(f"results/mlembed__{efficiency.name}/*/experiments/depth_1__dim_16__rank_16/MLEmbed*.json"))
     assert sorted(p.stem for p in found) == sorted(MTEB_TASKS.values())
     assert all(json.loads(p.read_text())["scores"]["test"] for p in found)
+
+
+def test_the_two_stage_pair_runs_on_the_miniature_and_switches_stage(tmp_path, monkeypatch):
+    """The page's two chained fits (its ``text`` block): stage 1 without MEL on the retrieval sources, stage 2
+    from its checkpoint with MEL on. Stage 2's first factors are the SVD of the embedding stage 1 trained, and
+    its learning rate restarts the warmup."""
+    from mlembed.axes.mel import FactorizedEmbedding
+    from tests.robustness.tiny_run import callback
+
+    page = RECIPE.read_text(encoding="utf-8")
+    block = re.search(r"```text\n(.*?)```", page[page.index("### The paper's two stages"):], flags=re.S)[1]
+    lines = [re.sub(r"\s+", " ", line).strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [" ".join(shlex.split(line)[:4]) for line in lines] == [
+        "python -m mlembed shards", "python -m mlembed fit", "python -m mlembed fit"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    write_release(tmp_path / "data" / "f2llm-v2")
+    full_build = commands(page)[1]  # stage 2 reads the build of section 1, stage 1 the retrieval-only one
+    assert full_build.startswith("python -m mlembed shards") and run_mlembed(full_build, tmp_path) == 0
+    assert run_mlembed(lines[0], tmp_path) == 0
+    (tmp_path / "miniature.yaml").write_text(yaml.safe_dump(MINIATURE))
+    probes = []
+    for stage, line in enumerate(lines[1:], start=1):
+        probes.append(tmp_path / f"probe{stage}.pt")
+        probe = callback("tests.robustness.callbacks.StageProbe", path=str(probes[-1]))
+        assert cli_main([*shlex.split(line)[3:], "--config", "miniature.yaml", probe]) == 0
+    first, second = (torch.load(p) for p in probes)
+    trained = first["end"]["model.embed_tokens.weight"]
+    assert not torch.equal(trained, first["start"]["model.embed_tokens.weight"])
+    expected = FactorizedEmbedding(*trained.shape, rank=32)
+    expected.init_from(trained)
+    torch.testing.assert_close(second["start"]["model.embed_tokens.A"], expected.A, atol=1e-5, rtol=0)
+    torch.testing.assert_close(second["start"]["model.embed_tokens.B"], expected.B, atol=1e-5, rtol=0)
+    assert second["lr"][0] == first["lr"][0] < second["lr"][1]  # the warmup starts again
+    assert len(first["lr"]) == (40 - 1) // 8  # stage 1: the retrieval source alone (msmarco, 39 training rows)
+    assert len(second["lr"]) == sum((rows - 1) // 8 for rows, _, _ in MINI.values())
