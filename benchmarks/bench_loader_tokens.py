@@ -86,7 +86,7 @@ def make_shards(directory: Path, samples: int, tokens: int, negatives: int, toke
 
 
 def datamodule(shards: Path, tokenizer: TextTokenizer, workers: int, batches: int, args,
-               verify: str = "count") -> ShardDataModule:
+               verify: str = "full") -> ShardDataModule:
     return ShardDataModule(
         StageSettings([str(shards)], steps=batches, batch_size=args.batch_size,
                       num_negatives={"retrieval": args.negatives}),
@@ -218,7 +218,7 @@ def main() -> None:
         print(f"    one GPU at {GPU_CONSUMES:,} tokens/s needs {GPU_CONSUMES / per_worker:.2f} such workers; the "
               f"config's 4 give {4 * per_worker / GPU_CONSUMES:.2f}x what it consumes (one core each)")
 
-        checks = {"none (before verification)": "none", "count (default)": "count", "full (--data.verify=full)": "full"}
+        checks = {"none (before verification)": "none", "count (--data.verify=count)": "count", "full (default)": "full"}
         verified: dict[str, list[dict]] = {name: [] for name in checks}
         for round_ in range(max(args.repeats, 3)):
             names = list(checks)

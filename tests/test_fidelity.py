@@ -70,6 +70,8 @@ def test_print_config_shows_the_authors_settings(capsys):
     assert printed["model"]["loss"]["gather_grad"] == "none"
     assert printed["model"]["loss"]["mask_false_negatives"] is False
     assert printed["data"]["init_args"]["stage2"]["negative_draw"] == "batch"
+    stage1 = printed["data"]["init_args"]["stage1"]
+    assert (stage1["epochs"], stage1["steps"], printed["data"]["init_args"]["loader"]["bucket_batches"]) == (2.0, 0, 1)
 
 
 def test_instructions_on_shards_without_any_instruction_is_an_error(capsys, tiny_shards, tmp_path):

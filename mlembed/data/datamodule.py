@@ -117,7 +117,7 @@ class ShardDataModule(L.LightningDataModule):
     def __init__(self, stage1: StageSettings, stage2: StageSettings | None = None,
                  loader: LoaderSettings | None = None, tokenizer: TextTokenizer | None = None,
                  build_demo: str | None = None, instruction_template: str = DEFAULT_TEMPLATE,
-                 verify: str = "count", skip_damaged: bool = False):
+                 verify: str = "full", skip_damaged: bool = False):
         """Args:
             stage1: The retrieval pre-heat stage.
             stage2: The multi-task stage with instructions (optional).
@@ -128,9 +128,11 @@ class ShardDataModule(L.LightningDataModule):
             instruction_template: How an instruction goes before a query in tasks without their own template in
                 ``templates``. The CLI links it from the model's, so training formats queries exactly as the
                 trained model's ``embed(instruction=...)`` does.
-            verify: How shards with a manifest are checked as they are read: ``count`` (the number of samples
-                at the end of each shard, free) or ``full`` (also the SHA-256 the writer recorded; shards written
-                before checksums were recorded get the count check). A mismatch stops the run naming the shard.
+            verify: How shards with a manifest are checked as they are read: ``full`` (the default: the number of
+                samples at the end of each shard, and the SHA-256 the writer recorded, hashed as the bytes are
+                parsed; shards written before checksums were recorded get the count check) or ``count`` (the
+                count alone). Both cost nothing measurable (``benchmarks/bench_loader_tokens.py``, section 2). A
+                mismatch stops the run naming the shard.
             skip_damaged: Skip damaged shards instead of stopping: each is named in a warning and counted in the
                 ``train/damaged_shards`` metric. The samples a shard yielded before its damage showed are kept.
         """

@@ -45,12 +45,13 @@ class ShardError(ValueError):
 
 VERIFY_MODES = ("count", "full")
 """How shards with a manifest are verified as they are read: ``count`` checks the number of samples at the end
-of each shard; ``full`` also checks the SHA-256 the writer recorded (hashing the bytes as they are parsed)."""
+of each shard; ``full`` (the default) also checks the SHA-256 the writer recorded (hashing the bytes as they are
+parsed, so the file is read once)."""
 
 SKIP_HINT = "pass --data.skip_damaged=true to skip damaged shards (each is reported in the log and in the metrics)"
 
 
-def read_samples(urls: list[str], checks: dict[str, ShardInfo] | None = None, verify: str = "count",
+def read_samples(urls: list[str], checks: dict[str, ShardInfo] | None = None, verify: str = "full",
                  on_damaged: Callable[[str, ShardError], None] | None = None) -> Iterator[dict]:
     """Decoded samples of ``urls`` in order (any location webdataset opens: paths, ``pipe:``, http).
 
@@ -108,7 +109,7 @@ def _read_shard(url: str, check: ShardInfo | None, verify: str) -> Iterator[dict
 class ShardReader:
     """Reads a source's shards, verified against its manifest; skips damaged ones when asked, never silently."""
 
-    def __init__(self, verify: str = "count", skip_damaged: bool = False):
+    def __init__(self, verify: str = "full", skip_damaged: bool = False):
         """Args:
             verify: One of ``VERIFY_MODES``.
             skip_damaged: Skip a damaged shard (a warning names it, once) instead of stopping.
