@@ -6,7 +6,7 @@ Data: a synthetic release in the F2LLM-v2 layout, generated in a temporary direc
 100-300 characters (passage, negatives) cut from a random word stream. A second release of a quarter of the rows
 checks that memory does not grow with the files.
 
-Every variant is its own process tree, ``python -m mlembed.data.shards_cli --format f2llm ...`` (the code of
+Every variant is its own process tree, ``python -m mlembed shards --format f2llm ...`` (the code of
 ``python -m mlembed shards`` without the dispatcher's Lightning import), timed from start to exit (process starts
 and imports included). Its memory, sampled from /proc every 20 ms: the peak of the summed RSS of the process and
 its descendants (the worker processes), the same with PSS (shared pages, such as torch's libraries, split among
@@ -118,7 +118,7 @@ def main() -> None:
               f"(+ a quarter-size copy, {quarter_rows:,} rows)")
 
         def command(files: list[Path], out: str, workers: int) -> list[str]:
-            return [sys.executable, "-m", "mlembed.data.shards_cli", "--format", "f2llm", "--input",
+            return [sys.executable, "-m", "mlembed", "shards", "--format", "f2llm", "--input",
                     *map(str, files), "--output", str(work / out), "--shard-size", str(args.shard_size),
                     "--workers", str(workers)]
 

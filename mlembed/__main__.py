@@ -1,4 +1,4 @@
-"""``python -m mlembed ...``: see mlembed.cli."""
+"""``python -m mlembed COMMAND ...``, the same as the ``mlembed`` script: see mlembed.cli."""
 
 import sys
 

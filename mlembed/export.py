@@ -16,12 +16,10 @@ until the new one is complete.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -259,37 +257,3 @@ def check_target(out: Path, overwrite: bool, flag: str = "--out", switch: str = 
 def directory_bytes(directory: str | os.PathLike) -> int:
     """Total size in bytes of the files under ``directory``."""
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
-
-
-# -- command line -----------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m mlembed export`` argument parser."""
-    parser = argparse.ArgumentParser(prog="mlembed export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of an EmbeddingModule")
-    parser.add_argument("--out", required=True, help="export directory (must not exist or be empty)")
-    parser.add_argument("--mode", choices=MODES, default="compat",
-                        help="compat: dense Hugging Face + sentence-transformers dir; efficiency: MEL factors")
-    parser.add_argument("--rank", type=int, default=None, help="MEL rank k (default: the trained maximum)")
-    parser.add_argument("--depth", type=int, default=None, help="layers kept (default: all)")
-    parser.add_argument("--dim", type=int, default=None, help="embedding size D (default: the hidden size)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``mlembed export``; returns the exit status (errors are printed, not raised)."""
-    args = build_parser().parse_args(argv)
-    try:
-        out = export(args.ckpt, args.out, mode=args.mode, rank=args.rank, depth=args.depth, dim=args.dim,
-                     overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"mlembed export: error: {err}", file=sys.stderr)
-        return 2
-    manifest = ExportManifest.read(out)
-    print(f"exported {args.mode} model (rank={manifest.rank}, depth={manifest.depth}, dim={manifest.dim}) to {out} "
-          f"({directory_bytes(out) / 2**20:.1f} MiB)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

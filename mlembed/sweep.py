@@ -1,4 +1,4 @@
-"""``python -m mlembed sweep SWEEP.yaml --local``: a wandb sweep file run (or listed) here, without a wandb server.
+"""A wandb sweep file run (or listed) here, without a wandb server (``mlembed sweep SWEEP.yaml --local``).
 
 A sweep file (``sweeps/*.yaml``) is the one wandb's ``wandb sweep`` reads: flat dotted CLI keys as parameters
 and ``command: [${env}, ${interpreter}, -m, mlembed, fit, --config, CONFIG, ${args}]``. Locally, grid sweeps run
@@ -10,12 +10,10 @@ final value and the return code of every run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import math
 import random
-import shlex
 import subprocess
 import sys
 import time
@@ -198,45 +196,3 @@ def run_local(sweep: Sweep, combos: list[dict[str, Any]], out: Path, config: str
             print(f"  run {i} failed (return code {code}): see {run_dir / 'output.log'}", flush=True)
         write_summary(sweep, rows, out)  # after each run, so a stopped sweep keeps what it finished
     return rows
-
-
-def parser() -> argparse.ArgumentParser:
-    """The command's argument parser."""
-    p = argparse.ArgumentParser(prog="python -m mlembed sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep", help="sweep file (sweeps/*.yaml)")
-    p.add_argument("--local", action="store_true",
-                   help="run here, one subprocess per combination (with a server: wandb sweep FILE; wandb agent ID)")
-    p.add_argument("--dry-run", action="store_true", help="list the commands, run nothing")
-    p.add_argument("--max-runs", type=int, default=None, metavar="N",
-                   help="grid: the first N combinations; random/bayes: N draws (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random/bayes draws (0)")
-    p.add_argument("--out", default=None, metavar="DIR", help="run directories and summary (runs/sweep-<name>)")
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="use this config instead of the command's --config (e.g. configs/tiny_bert.yaml)")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], metavar="ARGS",
-                   help="flags appended to every run (everything after --extra)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns 0 when every run succeeded, 1 when one failed, 2 on a bad sweep or usage."""
-    p = parser()
-    args = p.parse_args(argv)
-    if not args.local:
-        p.error("only --local runs here; with a wandb server: wandb sweep FILE, then wandb agent SWEEP_ID")
-    if args.max_runs is not None and args.max_runs < 1:
-        p.error(f"--max-runs ({args.max_runs}) must be at least 1")
-    try:
-        sweep = load_sweep(args.sweep)
-    except (ValueError, FileNotFoundError, yaml.YAMLError) as err:
-        print(f"mlembed sweep: error: {err}", file=sys.stderr)
-        return 2
-    combos = expand(sweep, args.max_runs, args.seed)
-    out = Path(args.out or f"runs/sweep-{sweep.name}")
-    if args.dry_run:
-        for i, params in enumerate(combos):
-            print(f"{i}: {shlex.join(build_command(sweep, params, out / str(i), args.config, args.extra))}")
-        return 0
-    rows = run_local(sweep, combos, out, args.config, args.extra)
-    print(f"summary: {out / 'summary.md'}")
-    return 0 if all(row["returncode"] == 0 for row in rows) else 1

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlembed.cli import MLEmbedCLI, unique_callbacks
+from mlembed.cli.train import MLEmbedCLI, unique_callbacks
 from mlembed.module import EmbeddingModule
 
 ROOT = Path(__file__).resolve().parents[1]

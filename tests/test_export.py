@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest
 from mlembed.callbacks import RankSampler, SVDInit
-from mlembed.export import directory_bytes, export, main
+from mlembed.cli.export import main
+from mlembed.export import directory_bytes, export
 from mlembed.loading import load
 from tests.helpers import make_batch, tiny_module
 

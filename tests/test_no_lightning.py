@@ -13,7 +13,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_v1.ckpt"
 SCRIPT = """
 import json, sys
 import mlembed
-from mlembed.export import export, main
+from mlembed.cli.export import main
+from mlembed.export import export
 
 model = mlembed.load(sys.argv[1], rank=4, depth=1)
 vectors = model.encode(["hello world", "bonjour"])

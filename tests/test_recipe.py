@@ -21,8 +21,8 @@ import torch
 import yaml
 
 import mlembed
+from mlembed.cli import evaluate as evaluate_run
 from mlembed.cli import main as cli_main
-from mlembed.evaluation import run as evaluate_run
 from tests.data.test_f2llm import MINI, write_release
 from tests.evaluation.mteb_tasks import OfflineRetrieval, OfflineSTS, offline_tasks
 

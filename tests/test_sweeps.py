@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import LightningDataModule
 
+from mlembed.cli.sweep import main
 from mlembed.module import EmbeddingModule
-from mlembed.sweep import agent_args, expand, load_sweep, main
+from mlembed.sweep import agent_args, expand, load_sweep
 from tests.robustness.tiny_run import ROOT, build_shards, callback, data_args
 from tests.test_cli_configs import ParseOnlyCLI
 

@@ -12,6 +12,7 @@ import wandb
 from wandb.proto import wandb_internal_pb2
 
 import mlembed.cli
+import mlembed.cli.train
 from mlembed.wandb_config import WandbSaveConfig, flatten
 from tests.robustness.tiny_run import ROOT, build_shards, callback, fit_args
 
@@ -101,5 +102,5 @@ def test_flatten_keeps_lists_as_values():
 
 
 def test_the_cli_saves_its_config_through_the_wandb_aware_callback():
-    cli = mlembed.cli.lightning_main(["--config", str(ROOT / "configs/tiny_bert.yaml")], run=False)
+    cli = mlembed.cli.train.lightning_main(["--config", str(ROOT / "configs/tiny_bert.yaml")], run=False)
     assert cli.save_config_callback is WandbSaveConfig

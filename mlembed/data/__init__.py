@@ -1,7 +1,7 @@
 """The data pipeline: shard writing, streaming, batching and the two-stage schedule.
 
 - ``records``: the record format and its validation (``RecordError`` names file and line).
-- ``shards`` / ``shards_cli``: records -> webdataset shards + ``manifest.json`` (``python -m mlembed shards``).
+- ``shards``: records -> webdataset shards + ``manifest.json`` (``mlembed shards``, in mlembed/cli/shards.py).
 - ``manifest``: samples per source, task and shard.
 - ``sources``: shard directories, brace patterns and URLs -> named, weighted sources.
 - ``batching``: length bucketing, hard-negative sampling, tokenized collation into the ``mlembed/batch.py`` dict.

@@ -182,7 +182,11 @@ def _parquet_file(path: Path):
         raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from err
     # pre_buffer=False: with it on (pyarrow's default), iter_batches reads ahead over the whole file, so memory
     # grew with the file's size; off, it holds about one row group at a time.
-    return pq.ParquetFile(path, pre_buffer=False)
+    try:
+        return pq.ParquetFile(path, pre_buffer=False)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError; a bad read an OSError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--input {path}: not a readable parquet file ({reason})") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, object]]:

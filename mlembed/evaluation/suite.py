@@ -35,6 +35,8 @@ from mlembed.evaluation.sts import STSTask
 from mlembed.evaluation.task import Task
 
 DEFAULT_TASKS = ("lee", "wiki", "sphinx", "bitext", "dialogue")
+DATA_DIR_TASKS = ("bitext", "dialogue")
+"""The built-in tasks that read the demo's held-out files (``--data-dir``); the others ship in packages."""
 USER_KINDS = ("sts", "bitext", "pairs", "retrieval")
 
 
@@ -117,7 +119,7 @@ def _builtin(name: str, data_dir, caps: EvalCaps, batch_size: int, instructions:
         return RetrievalTask({"en": _passage_set(read_wiki_passages(), caps)}, name="wiki", batch_size=batch_size)
     if name == "sphinx":
         return _bitext(read_sphinx_bitext(), "sphinx", caps, batch_size)
-    if name not in ("bitext", "dialogue"):
+    if name not in DATA_DIR_TASKS:
         raise ValueError(f"--tasks {name!r}: unknown task; built-ins are {list(DEFAULT_TASKS)}, or KIND:PATH "
                          f"with KIND in {list(USER_KINDS)}")
     if data_dir is None:

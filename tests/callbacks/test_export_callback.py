@@ -16,7 +16,7 @@ import wandb
 import mlembed
 from mlembed.artifact import ExportManifest
 from mlembed.callbacks import ModelExport
-from mlembed.cli import lightning_main
+from mlembed.cli.train import lightning_main
 from tests.distributed.common import launch
 from tests.helpers import POSITIVES, QUERIES
 from tests.robustness.tiny_run import ROOT, build_shards, callback, fit_args, record_steps

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
+from mlembed.cli.shards import main
 from mlembed.data.manifest import ShardManifest
 from mlembed.data.records import RecordError
 from mlembed.data.shards import write_shards
-from mlembed.data.shards_cli import main
 from mlembed.data.stream import read_samples
 
 from .conftest import SOURCES, make_records, write_jsonl
@@ -87,7 +87,7 @@ def test_skip_invalid_counts_every_case_in_manifest_and_summary(tmp_path, capsys
 
 def test_cli_reports_bad_record_and_fails(tmp_path, capsys):
     path = write_jsonl(tmp_path / "in.jsonl", [GOOD, {**GOOD, "task": "nope"}])
-    assert main(["--input", str(path), "--output", str(tmp_path / "out")]) == 1
+    assert main(["--input", str(path), "--output", str(tmp_path / "out")]) == 2
     assert f"{path}:2: unknown task 'nope'" in capsys.readouterr().err
 
 
@@ -97,7 +97,7 @@ def test_non_empty_output_is_refused_and_kept_unless_overwrite(tmp_path, capsys)
     assert main(["--input", str(path), "--output", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     other = write_jsonl(tmp_path / "other.jsonl", [{**GOOD, "source": "t"}] * 3)
-    assert main(["--input", str(other), "--output", str(out)]) == 1
+    assert main(["--input", str(other), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err
     assert re.search(rf"--output {re.escape(str(out))} exists and is not empty; pass --overwrite", err), err
@@ -147,7 +147,7 @@ WRITER = """
 import os, signal, sys, time
 import webdataset as wds
 from mlembed.data import manifest, shards
-from mlembed.data.shards_cli import main
+from mlembed.cli.shards import main
 
 point, argv = sys.argv[1], sys.argv[2:]
 real_write, real_finish, real_save = wds.TarWriter.write, shards._SourceWriter._finish, manifest.ShardManifest.save
@@ -227,7 +227,7 @@ def test_sigkill_at_each_point_of_a_shard_leaves_nothing_complete_looking(tmp_pa
     if point in ("mid-shard", "before-rename"):
         assert list(out.glob("*.tar.partial"))  # the shard being written is left under its temporary name
     # The unfinished directory is refused as it is, and rebuilt whole with --overwrite.
-    assert main(["--input", str(path), "--output", str(out), "--shard-size", "3"]) == 1
+    assert main(["--input", str(path), "--output", str(out), "--shard-size", "3"]) == 2
     assert main(["--input", str(path), "--output", str(out), "--shard-size", "3", "--overwrite"]) == 0
     _assert_full_build(out, rows, 3)
 
@@ -272,7 +272,7 @@ def test_sigkill_during_overwrite_keeps_the_earlier_build(tmp_path):
 
 
 def test_missing_input_and_bad_shard_size(tmp_path, capsys):
-    assert main(["--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o")]) == 1
+    assert main(["--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o")]) == 2
     assert f"error: --input {tmp_path / 'nope.jsonl'}: no such file" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"--shard-size \(0\) must be at least 1"):
         write_shards([], tmp_path / "o2", shard_size=0)

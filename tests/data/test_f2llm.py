@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mlembed.cli.shards import main
 from mlembed.data.f2llm import Columns, plan_sources, write_f2llm_shards
 from mlembed.data.manifest import ShardManifest
 from mlembed.data.records import RecordError
 from mlembed.data.shards import WorkerDied
-from mlembed.data.shards_cli import main
 from mlembed.data.source_tasks import CLASSIFICATION_SOURCES, CLUSTERING_SOURCES, RETRIEVAL_SOURCES
 from mlembed.data.stream import read_samples
 
@@ -134,7 +134,7 @@ def test_a_bad_row_in_a_worker_stops_the_build_naming_file_and_row(release, tmp_
     pq.write_table(pa.Table.from_pylist(rows), bad, row_group_size=9)
     out = tmp_path / "out"
     args = ["--format", "f2llm", "--input", *map(str, release), "--output", str(out), "--shard-size", "5"]
-    assert main([*args, "--workers", "2"]) == 1
+    assert main([*args, "--workers", "2"]) == 2
     assert f"{bad}:26: field 'query' is empty" in capsys.readouterr().err
     assert not (out / "manifest.json").exists() and not list(out.glob("*.partial"))
     assert main([*args, "--skip-invalid", "--overwrite"]) == 0
@@ -159,7 +159,7 @@ def test_a_failed_overwrite_with_workers_keeps_the_earlier_build(release, tmp_pa
 def test_an_unknown_source_is_an_error_naming_it_and_the_flag(release, tmp_path, capsys):
     extra = write_release(tmp_path / "release", {"my_corpus": (4, 24, 2)})
     out = tmp_path / "out"
-    assert main(["--format", "f2llm", "--input", *map(str, release + extra), "--output", str(out)]) == 1
+    assert main(["--format", "f2llm", "--input", *map(str, release + extra), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"source 'my_corpus' ({extra[0]}) is in none of the reference's task lists" in err
     assert "--task-of my_corpus=TASK" in err and "--task-map" in err
@@ -187,7 +187,7 @@ def test_a_missing_column_is_an_error_naming_file_and_column(tmp_path, capsys, d
     path = tmp_path / "msmarco.parquet"
     rows = [{k: v for k, v in release_row("msmarco", r, 2).items() if k != drop} for r in range(1, 4)]
     pq.write_table(pa.Table.from_pylist(rows), path)
-    assert main(["--format", "f2llm", "--input", str(path), "--output", str(tmp_path / "out")]) == 1
+    assert main(["--format", "f2llm", "--input", str(path), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"--input {path}: no column {column}" in err and flag in err
 
@@ -265,7 +265,7 @@ def test_sigkill_of_a_two_worker_build_stops_the_workers_and_leaves_nothing_comp
     args = ["--format", "f2llm", "--input", *map(str, release), "--output", str(out), "--shard-size", "500"]
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "mlembed.data.shards_cli", *args, "--workers", "2"], cwd=root,
+    proc = subprocess.Popen([sys.executable, "-m", "mlembed", "shards", *args, "--workers", "2"], cwd=root,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     workers: list[int] = []
     try:

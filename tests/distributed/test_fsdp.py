@@ -68,8 +68,8 @@ def test_consolidated_checkpoint_loads_into_a_fresh_module_with_the_same_embeddi
 
 def test_mlembed_reads_the_sharded_directory_itself_exactly_as_lightning_consolidates_it(fsdp_run, consolidated,
                                                                                         tmp_path):
+    from mlembed.cli.export import main as export_main
     from mlembed.encoder import encoder_state_keys
-    from mlembed.export import main as export_main
     from mlembed.loading import load, load_checkpoint
 
     out, probe = fsdp_run
@@ -95,7 +95,7 @@ def test_mlembed_reads_the_sharded_directory_itself_exactly_as_lightning_consoli
 def test_a_damaged_sharded_checkpoint_is_named_and_nothing_is_written(fsdp_run, tmp_path, capsys, damage):
     import shutil
 
-    from mlembed.export import main as export_main
+    from mlembed.cli.export import main as export_main
 
     broken = shutil.copytree(fsdp_run[0] / "sharded.ckpt", tmp_path / "broken.ckpt")
     if damage == "missing shard":

@@ -15,8 +15,8 @@ import pytest
 
 import mlembed
 from mlembed.cli import main as cli_main
+from mlembed.cli.evaluate import main as evaluate_main
 from mlembed.evaluation.mteb_adapter import MTEBEncoder
-from mlembed.evaluation.run import main as evaluate_main
 from tests.evaluation.mteb_tasks import QA, OfflineRetrieval, OfflineSTS, offline_tasks
 from tests.robustness.tiny_run import TINY_CONFIG, callback, data_args
 

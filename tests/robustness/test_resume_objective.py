@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from mlembed.cli import main, optimizer_steps
+from mlembed.cli import main
+from mlembed.cli.train import optimizer_steps
 from tests.helpers import failure
 from tests.robustness.callbacks import read_steps
 from tests.robustness.conftest import STEPS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlembed.data.shards_cli import main as shards_main
+from mlembed.cli.shards import main as shards_main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "configs" / "tiny_bert.yaml"

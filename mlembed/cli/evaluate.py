@@ -1,10 +1,10 @@
-"""``python -m mlembed evaluate``: score a checkpoint or export on the tasks, at one point or the whole grid.
+"""``mlembed evaluate``: score a checkpoint or export on the tasks, at one point or the whole grid.
 
 Examples::
 
-    python -m mlembed evaluate --model runs/last.ckpt --data-dir data/demo --grid --budget-bytes 256
-    python -m mlembed evaluate --model export/ --tasks lee sts:my_pairs.tsv --out eval/
-    python -m mlembed evaluate --model export/ --mteb STS12 NFCorpus --rank 128 --depth 14 --dim 256 --out mteb/
+    mlembed evaluate --model runs/last.ckpt --data-dir data/demo --grid --budget-bytes 256
+    mlembed evaluate --model export/ --tasks lee sts:my_pairs.tsv --out eval/
+    mlembed evaluate --model export/ --mteb STS12 NFCorpus --rank 128 --depth 14 --dim 256 --out mteb/
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from mlembed.artifact import warn_untrained
+from mlembed.cli.errors import reported
 from mlembed.evaluation.budget import best_within_budget, describe_pick
 from mlembed.evaluation.grid import evaluate_grid, run_grid
 from mlembed.evaluation.result import axis_order
 from mlembed.evaluation.spread import SpreadEncoder, torch_distributed_group
-from mlembed.evaluation.suite import DEFAULT_TASKS, EvalCaps, build_tasks
+from mlembed.evaluation.suite import DATA_DIR_TASKS, DEFAULT_TASKS, EvalCaps, build_tasks
 from mlembed.paths import check_output
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command-line flags (``python -m mlembed evaluate --help``)."""
+    """The command-line flags (``mlembed evaluate --help``)."""
     p = argparse.ArgumentParser(prog="mlembed evaluate", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a Lightning checkpoint (.ckpt) or an `mlembed export` directory")
@@ -38,8 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-bytes", type=int, help="print the best point with at most this many bytes per vector")
     p.add_argument("--bytes-per-float", type=int, default=4, choices=(1, 2, 4),
                    help="bytes of one stored vector component (4 fp32, 2 fp16, 1 int8)")
-    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
-                   help="lee, bitext, dialogue, or KIND:PATH with KIND in sts, bitext, pairs, retrieval")
+    p.add_argument("--tasks", nargs="+",
+                   help=f"built-ins ({', '.join(DEFAULT_TASKS)}; {' and '.join(DATA_DIR_TASKS)} read --data-dir), or "
+                        "KIND:PATH with KIND in sts, bitext, pairs, retrieval. Default: every built-in whose data is "
+                        "at hand (all of them with --data-dir)")
     p.add_argument("--data-dir", help="the demo's output directory (its eval/*.jsonl feed bitext and dialogue)")
     p.add_argument("--out", help="directory for grid.csv, grid.md and the plots (with --mteb: mteb's results). "
                                  "Default: a new folder evaluation/<date>-<time> for each run, so no run overwrites "
@@ -81,13 +84,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
-    """Run the evaluation; 0 on success, 1 when a budget was given and no point fits it, 2 on a usage error.
+    """Run the evaluation; 0 on success, 1 when a budget was given and no point fits it, 2 on a user's mistake.
 
     Args:
         argv: the flags (``sys.argv[1:]`` when None).
         local_tasks: mteb task objects that ``--mteb`` may name besides mteb's own (tasks built from local data).
     """
+    return reported("evaluate", lambda: _run(argv, local_tasks))
+
+
+def _run(argv: list[str] | None, local_tasks: Sequence[Any]) -> int:
     args = parser().parse_args(argv)
+    if args.tasks is None:
+        args.tasks = [t for t in DEFAULT_TASKS if args.data_dir or t not in DATA_DIR_TASKS]
     args.out = str(output_dir(args.out, args.overwrite, mteb=bool(args.mteb)))
     point_flags = [f"--{axis}" for axis in ("rank", "depth", "dim") if getattr(args, axis) is not None]
     if args.mteb:
@@ -105,6 +114,7 @@ def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
         return _error("--svd-ranks scores several ranks: add --grid (without it only the full point is scored)")
     import mlembed  # mlembed.load imports the model code on first use
 
+    _check_model(args.model)  # before the tasks: a wrong --model is what to hear about, not a task's data
     caps = EvalCaps(
         max_pairs_per_language=args.max_pairs_per_language or None,
         max_queries_per_language=args.max_queries_per_language or None,
@@ -176,6 +186,7 @@ def evaluate_mteb(args: argparse.Namespace, local_tasks: Sequence[Any] = ()) -> 
     tasks = resolve_mteb_tasks(args.mteb, local_tasks)
     if isinstance(tasks, str):
         return _error(tasks)
+    _check_model(args.model)
     import mlembed
     from mlembed.evaluation.mteb_adapter import MTEBEncoder
 
@@ -236,6 +247,12 @@ def _read_mapping(path: str) -> dict[str, str]:
     if not isinstance(data, Mapping) or not all(isinstance(v, str) for v in data.values()):
         raise ValueError(f"--instructions {path}: expected lines 'TaskName: instruction'")
     return {str(k): v for k, v in data.items()}
+
+
+def _check_model(model: str) -> None:
+    if not Path(model).exists():
+        raise FileNotFoundError(f"--model {model} does not exist (a .ckpt file, a sharded checkpoint directory or an "
+                                "`mlembed export` directory)")
 
 
 def _error(message: str) -> int:

@@ -1,4 +1,4 @@
-"""``python -m mlembed shards``: JSONL / parquet records -> webdataset shards + manifest, or the demo data.
+"""``mlembed shards``: JSONL / parquet records -> webdataset shards + manifest, or the demo data.
 
 ``--format f2llm`` reads the released ML-Embed / F2LLM-v2 data as it is (one parquet file per source; see
 ``mlembed.data.f2llm``), one source per worker process with ``--workers N``.
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mlembed.batch import TASKS
-from mlembed.data.records import RecordError
-from mlembed.data.shards import WorkerDied, summary, write_shards
+from mlembed.cli.errors import reported
+from mlembed.data.shards import summary, write_shards
 
 FORMATS = ("records", "f2llm")
 """Input formats of ``--format``."""
@@ -20,7 +21,7 @@ FORMATS = ("records", "f2llm")
 def parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     p = argparse.ArgumentParser(
-        prog="python -m mlembed shards",
+        prog="mlembed shards",
         description="Write webdataset shards (one source per shard) and manifest.json from JSONL/parquet "
         "records {id?, query, positive, negatives, instruction?, source, task}, or (--format f2llm) from the "
         "released ML-Embed / F2LLM-v2 data: one parquet file per source, named after it, with columns query, "
@@ -60,7 +61,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status (0 ok, 1 bad input, 2 usage error)."""
+    """Run the command; returns the exit status (0 ok, 2 a user's mistake: one line naming the file or flag)."""
+    return reported("shards", lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.demo:
@@ -78,15 +83,14 @@ def main(argv: list[str] | None = None) -> int:
                                           ("--val-fraction", args.val_fraction)) if value]
         if given:
             p.error(f"{', '.join(given)} need --format f2llm")
-    try:
-        if args.format == "f2llm":
-            manifest = _f2llm(args)
-        else:
-            manifest = write_shards(args.input, args.output, shard_size=args.shard_size,
-                                    skip_invalid=args.skip_invalid, overwrite=args.overwrite)
-    except (RecordError, FileExistsError, FileNotFoundError, ValueError, WorkerDied) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    folders = [path for path in args.input if Path(path).is_dir()]
+    if folders:
+        raise ValueError(f"--input {folders[0]} is a directory: give its files (e.g. {folders[0]}/*.jsonl)")
+    if args.format == "f2llm":
+        manifest = _f2llm(args)
+    else:
+        manifest = write_shards(args.input, args.output, shard_size=args.shard_size,
+                                skip_invalid=args.skip_invalid, overwrite=args.overwrite)
     print(summary(manifest))
     return 0
 
