@@ -10,11 +10,8 @@ import os
 import sys
 
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.strategies import DDPStrategy
-from torch.utils.data import DataLoader
 
-from tests.distributed.common import WORLD, rank_rows
+from tests.distributed.common import one_ddp_step, rank_rows
 from tests.distributed.gather_worker import PinnedRank, Record
 from tests.distributed.test_authors_parity import authors_module, batch_of
 
@@ -24,11 +21,7 @@ def main(out: str) -> None:
     module = authors_module()
     batch = rank_rows(batch_of(module), rank)
     record = Record()
-    strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
-    trainer = Trainer(accelerator="cpu", devices=WORLD, strategy=strategy, max_steps=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      use_distributed_sampler=False, callbacks=[record, PinnedRank()])
-    trainer.fit(module, DataLoader([batch], batch_size=None))
+    one_ddp_step(module, batch, [record, PinnedRank()])
     torch.save({"loss": record.loss, "grads": record.grads}, os.path.join(out, f"rank{rank}.pt"))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -73,3 +73,17 @@ def launch(script: str, out: Path, timeout: int = 150) -> None:
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise AssertionError(f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+
+
+def one_ddp_step(module: EmbeddingModule, batch: dict, callbacks: list) -> None:
+    """One training step of ``module`` on this rank's ``batch`` under DDP on WORLD gloo processes (in a worker)."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.utils.data import DataLoader
+
+    # find_unused_parameters: BERT's pooler gets no gradient from pooled embeddings.
+    strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
+    trainer = Trainer(accelerator="cpu", devices=WORLD, strategy=strategy, max_steps=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      use_distributed_sampler=False, callbacks=callbacks)
+    trainer.fit(module, DataLoader([batch], batch_size=None))

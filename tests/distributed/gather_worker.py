@@ -10,12 +10,10 @@ import os
 import sys
 
 import torch
-from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.strategies import DDPStrategy
-from torch.utils.data import DataLoader
+from lightning.pytorch import Callback
 
 from mlembed.callbacks import RankSampler
-from tests.distributed.common import MEL_RANK, WORLD, build_module, full_batch, grads_of, rank_rows
+from tests.distributed.common import MEL_RANK, build_module, full_batch, grads_of, one_ddp_step, rank_rows
 
 #: name -> (gather_grad mode, hard negatives in the batch and the loss, gradient-cache chunk size)
 CONFIGS = {
@@ -49,12 +47,7 @@ def run(name: str, rank: int) -> dict:
     module = build_module(mode, hard=hard, chunk=chunk)
     batch = rank_rows(full_batch(module, negatives=hard), rank)
     record = Record()
-    # find_unused_parameters: BERT's pooler gets no gradient from pooled embeddings.
-    strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
-    trainer = Trainer(accelerator="cpu", devices=WORLD, strategy=strategy, max_steps=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      use_distributed_sampler=False, callbacks=[record, PinnedRank()])
-    trainer.fit(module, DataLoader([batch], batch_size=None))
+    one_ddp_step(module, batch, [record, PinnedRank()])
     return {"loss": record.loss, "grads": record.grads}
 
 
