@@ -104,3 +104,27 @@ def test_flatten_keeps_lists_as_values():
 def test_the_cli_saves_its_config_through_the_wandb_aware_callback():
     cli = mlembed.cli.train.lightning_main(["--config", str(ROOT / "configs/tiny_bert.yaml")], run=False)
     assert cli.save_config_callback is WandbSaveConfig
+
+
+def test_a_resumed_fit_continues_its_wandb_run(tmp_path):
+    """Killed and resumed with --ckpt_path, the fit logs to the same wandb run (the same id, resume="allow"):
+    the server keeps one run instead of two."""
+    from tests.robustness.callbacks import SimulatedKill
+    from tests.robustness.tiny_run import checkpoint_every_step
+
+    shards = build_shards(tmp_path / "shards")
+    common = ["--config", str(ROOT / "callbacks/wandb.yaml"), f"--trainer.logger.init_args.save_dir={tmp_path}",
+              checkpoint_every_step(tmp_path / "ckpt")]
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+            patch.setenv(name, str(tmp_path / "home"))
+        patch.setenv("WANDB_MODE", "offline")
+        with pytest.raises(SimulatedKill):
+            mlembed.cli.main(fit_args(shards, tmp_path, *common, callback("tests.robustness.callbacks.KillAt", step=2)))
+        wandb.finish()
+        assert mlembed.cli.main(fit_args(shards, tmp_path, *common,
+                                         f"--ckpt_path={tmp_path / 'ckpt' / 'last.ckpt'}")) == 0
+        wandb.finish()
+    runs = sorted(tmp_path.glob("wandb/offline-run-*"))
+    assert len(runs) == 2  # one offline directory per process; `wandb sync` sends both to one run
+    assert len({run.name.rsplit("-", 1)[1] for run in runs}) == 1  # the same run id

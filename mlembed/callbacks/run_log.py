@@ -4,7 +4,8 @@ Left to Lightning, a resumed fit opens a new ``version_N`` folder, and the steps
 interruption, logged before it, appear again in the new one. The checkpoint now records which log its run wrote
 (``RunLog``), and ``continue_log`` points the resumed run's CSV logger at that same folder, keeping the rows
 of the steps before the checkpoint and dropping the later ones, which the resumed run logs again: each step
-once. Loggers other than CSV (the default when TensorBoard is not installed) keep Lightning's behaviour.
+once. A wandb run is resumed under its own id (``resume="allow"``): the server keeps one run, and steps it has
+already seen are not logged twice. Other loggers keep Lightning's behaviour (a new version).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import csv
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 KEY = "mlembed_run_log"
 """The checkpoint entry that records the run's log folders."""
@@ -24,7 +25,8 @@ class RunLog(Callback):
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         checkpoint[KEY] = {"csv": [{"root_dir": str(logger.root_dir), "version": logger.version}
-                                   for logger in trainer.loggers if isinstance(logger, CSVLogger)]}
+                                   for logger in trainer.loggers if isinstance(logger, CSVLogger)],
+                           "wandb": [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]}
 
 
 def continue_log(trainer: Trainer, checkpoint: dict) -> list[Path]:
@@ -44,6 +46,12 @@ def continue_log(trainer: Trainer, checkpoint: dict) -> list[Path]:
     saved = {entry["root_dir"]: entry["version"] for entry in (checkpoint.get(KEY) or {}).get("csv", [])}
     step = int(checkpoint.get("global_step", 0))
     continued = []
+    runs = iter((checkpoint.get(KEY) or {}).get("wandb", []))
+    for logger in trainer.loggers:
+        run = next(runs, None) if isinstance(logger, WandbLogger) else None
+        if run and logger._experiment is None and not logger._wandb_init.get("id"):
+            logger._wandb_init.update(id=run, resume="allow")  # read when the run starts (lazily)
+            logger._id = run
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger) or logger._version is not None or str(logger.root_dir) not in saved:
             continue
