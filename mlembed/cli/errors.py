@@ -16,6 +16,8 @@ from mlembed.data.stream import ShardError
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, WorkerDied)
 """The exception types mlembed raises for bad settings and input: each message names the flag, file or record."""
+OWN_ERRORS = (RecordError, ShardError, WorkerDied)
+"""mlembed's own error classes: only ever raised to report bad input, even when a process pool re-raises them."""
 TRACEBACK_ENV = "MLEMBED_TRACEBACK"
 PACKAGE = Path(__file__).resolve().parents[1]
 """The mlembed package: an error raised by its own code is a report, not a bug."""
@@ -35,13 +37,15 @@ def user_error(err: BaseException) -> str | None:
     if os.environ.get(TRACEBACK_ENV):
         return None
     while err is not None:
+        message = _worker_user_error(str(err))
+        if message is not None:
+            return message
+        if isinstance(err, OWN_ERRORS):  # mlembed's own report types, wherever they were re-raised (a worker pool)
+            return str(err)
         if isinstance(err, USER_ERRORS) and err.__traceback__ is not None:
             innermost = Path(traceback.extract_tb(err.__traceback__)[-1].filename).resolve()
             if innermost.is_relative_to(PACKAGE):
                 return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        message = _worker_user_error(str(err))
-        if message is not None:
-            return message
         err = err.__cause__
     return None
 

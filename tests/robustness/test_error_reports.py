@@ -51,11 +51,15 @@ def test_a_tools_user_error_is_one_message_and_exit_2(tmp_path, monkeypatch, cap
     monkeypatch.delenv(TRACEBACK_ENV, raising=False)
     missing = tmp_path / "missing.ckpt"
     assert main(["evaluate", "--model", str(missing), "--tasks", "lee"]) == 2
-    assert capsys.readouterr().err.startswith(f"mlembed evaluate: error: checkpoint {missing} does not exist\n")
-    assert main(["evaluate", "--model", str(missing), "--tasks", "bitext"]) == 2  # bitext needs --data-dir
+    assert capsys.readouterr().err.startswith(f"mlembed evaluate: error: --model {missing} does not exist")
+    assert main(["evaluate", "--model", str(missing), "--tasks", "bitext"]) == 2  # the model is named first
+    assert f"mlembed evaluate: error: --model {missing} does not exist" in capsys.readouterr().err
+    present = tmp_path / "present.ckpt"
+    present.touch()
+    assert main(["evaluate", "--model", str(present), "--tasks", "bitext"]) == 2  # bitext needs --data-dir
     assert "mlembed evaluate: error: --tasks bitext: reads DATA_DIR/eval/bitext.jsonl" in capsys.readouterr().err
     monkeypatch.setenv(TRACEBACK_ENV, "1")  # ... and the traceback is one setting away
-    with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
+    with pytest.raises(FileNotFoundError, match="--model .*missing.ckpt does not exist"):
         main(["evaluate", "--model", str(missing), "--tasks", "lee"])
 
 
