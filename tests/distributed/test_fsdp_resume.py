@@ -102,11 +102,10 @@ def test_a_chained_stage_starts_under_fsdp_from_a_sharded_checkpoint(tiny_shards
     as from Lightning's consolidated file, and from other weights than a fresh start."""
     from tests.distributed.test_fsdp import consolidate
 
-    _, last = resume_copy(killed, tmp_path)
+    steps, last = resume_copy(killed, tmp_path)
     single = consolidate(last)
-    first = {}
-    for name, extra in {"sharded": [f"--model.init_from={last}"], "consolidated": [f"--model.init_from={single}"],
-                        "fresh": []}.items():
+    first = {"fresh": read_steps(steps)[0]["loss"]}  # the killed run's first step: the same fit from scratch
+    for name, extra in {"sharded": [f"--model.init_from={last}"], "consolidated": [f"--model.init_from={single}"]}.items():
         root = tmp_path / name
         root.mkdir()
         done = fit(tiny_shards, root, record_steps(root / "steps.jsonl"), *extra)
