@@ -108,8 +108,10 @@ class Embedder:
         Any point up to this object's own is served per call, from the same weights (no reload, no copy); a
         point outside that range is refused, one inside it but never trained gets one warning.
         """
-        warn_untrained(self.encoder.points(), rank=rank, depth=depth, dim=dim, flag=_argument)
-        dim = self._dim(dim)
+        dim = self._dim(dim)  # the range first: a value outside it is refused, not warned about
+        self._encoder_rank(rank), self._depth(depth)
+        warn_untrained(self.encoder.points(), rank=rank, depth=depth, dim=dim if dim != self.dim else None,
+                       flag=_argument)
         vectors = self.embed(texts, rank=rank, depth=depth, instruction=instruction, batch_size=batch_size)
         return truncate_normalize(vectors, dim)
 

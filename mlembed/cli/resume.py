@@ -100,6 +100,8 @@ def check_objective(path: Path, saved: dict, config: Any) -> None:
     changes = []
     for flag, old, new in pairs:
         for key in sorted(set(old) | set(new)):
+            if key not in old and f"{flag}{key}" in SETTINGS_BEFORE and old:
+                old[key] = SETTINGS_BEFORE[f"{flag}{key}"]  # a setting the checkpoint predates: what it trained with
             if old.get(key) != new.get(key):
                 changes.append(f"--{flag}{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
     if changes:
@@ -109,6 +111,8 @@ def check_objective(path: Path, saved: dict, config: Any) -> None:
 
 #: Stage settings added after checkpoints were first written, with the value those checkpoints trained with.
 STAGE_SETTINGS_BEFORE = {"negative_draw": "row"}
+#: Loss settings added after checkpoints were first written (by flag), with the value those checkpoints trained with.
+SETTINGS_BEFORE = {"model.loss.kd_feature_weight": 0.0}
 
 
 def _saved_stage_setting(saved: dict, stage: str, key: str) -> Any:

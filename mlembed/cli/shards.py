@@ -50,8 +50,9 @@ def parser() -> argparse.ArgumentParser:
                        help="write N sources at a time, each in its own process (1)")
     f2llm.add_argument("--max-per-source", type=int, metavar="N",
                        help="keep a seeded random sample of at most N rows of each source (the authors: 80000)")
-    f2llm.add_argument("--seed", type=int, default=42, metavar="S",
-                       help="seed of --max-per-source and --val-fraction (42, the authors'); recorded in the manifest")
+    f2llm.add_argument("--seed", type=int, default=None, metavar="S",
+                       help="seed of --max-per-source and --val-fraction (default 42, the authors'); recorded in the "
+                       "manifest")
     f2llm.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
                        help="hold out a seeded share F of each source's rows as validation shards under OUTPUT/val "
                        "(the authors: 0.01); fit validates on them per source without a val_shards setting")
@@ -80,6 +81,7 @@ def _run(argv: list[str] | None) -> int:
                                           ("--only-task", args.only_task), ("--columns", args.columns),
                                           ("--workers", args.workers != 1),
                                           ("--max-per-source", args.max_per_source is not None),
+                                          ("--seed", args.seed is not None),
                                           ("--val-fraction", args.val_fraction)) if value]
         if given:
             p.error(f"{', '.join(given)} need --format f2llm")
@@ -99,7 +101,8 @@ def _f2llm(args):
     from mlembed.data.f2llm import plan_sources
     from mlembed.data.shards import Sampling, write_sources
 
-    sampling = Sampling(args.max_per_source, args.seed, args.val_fraction)  # checked before any file is read
+    seed = 42 if args.seed is None else args.seed
+    sampling = Sampling(args.max_per_source, seed, args.val_fraction)  # checked before any file is read
     jobs, left_out = plan_sources(args.input, args.columns, args.task_of, args.task_map, args.only_task)
     if left_out:
         print(f"left out (--only-task {' '.join(args.only_task)}): "

@@ -99,6 +99,7 @@ def pick_negatives(rows: list[dict], n: int, rng: random.Random, draw: str = "ro
     A row with at least ``n`` negatives gets ``n`` of them without replacement: with ``draw="row"`` each row its
     own random ones; with ``draw="batch"`` the same positions in every row (one random sample of positions per
     batch, as the reference draws them from its 24 mined negatives; the first ``n`` for a classification source).
+    (A batch where some row has fewer than ``n`` falls back to per-row draws for the others.)
     A row with fewer keeps all of its own and is padded with the positives of OTHER rows of the same batch (never
     a text equal to its own positive): they come from the same source, so they are plausible negatives, and they
     keep every row at the same N, which the loss needs. Only when the batch offers nothing else are the row's own

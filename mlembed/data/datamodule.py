@@ -28,7 +28,10 @@ class StageSettings:
     """Passes over this stage's shards instead of a fixed ``steps`` (0: use ``steps``). An epoch holds each
     source's ``samples // (batch_size x devices x nodes)`` batches (the manifest's counts), drawn in a seeded
     order without replacement, so sources take turns in proportion to their size until every batch is used (the
-    authors' epoch). The steps follow from the data and the global batch, and the log states them at start."""
+    authors' epoch). The steps follow from the data and the global batch, and the log states them at start.
+    Within a source, rows come from its shuffled stream, split over the loader slots by shard: the batch counts
+    are exact, but a slot may wrap into its share's next pass a few batches early (a few per cent of a source
+    can repeat while others wait for the next epoch)."""
     batch_size: int = 32
     """Rows per batch, per device."""
     weights: dict[str, float] | None = None
@@ -64,6 +67,9 @@ class StageSettings:
             raise ValueError(f"{flag}.shards is empty but {flag}.steps is {self.steps}")
         if self.epochs > 0 and not self.shards:
             raise ValueError(f"{flag}.shards is empty but {flag}.epochs is {self.epochs}")
+        if self.epochs > 0 and self.weights:
+            raise ValueError(f"{flag}.weights set with {flag}.epochs: an epoch draws every source's batches by its "
+                             "size, so weights would not mix it; choose the sources with shards, or use steps")
         if self.batch_size < 1:
             raise ValueError(f"{flag}.batch_size ({self.batch_size}) must be at least 1")
         if self.val_batch_size is not None and self.val_batch_size < 1:
@@ -189,7 +195,7 @@ class ShardDataModule(L.LightningDataModule):
         key = (number, world)
         if key not in self._epoch_plans:
             flag = f"--data.stage{number}"
-            sources = resolve_sources(settings.shards, settings.weights, flag)
+            sources = resolve_sources(settings.shards, None, flag, mixing=False)  # an epoch mixes by size alone
             unknown = [s.name for s in sources if s.samples is None]
             if unknown:
                 raise ValueError(f"{flag}.epochs needs each source's sample count from a shard manifest, but "
@@ -237,6 +243,8 @@ class ShardDataModule(L.LightningDataModule):
             split = "train"
             if val and not specs and (settings.steps > 0 or settings.epochs > 0):
                 specs, split = held_out_specs(settings.shards), "val"  # the build's own held-out shards
+            elif val and specs and held_out_specs(specs) == specs:
+                split = "val"  # val_shards named a --val-fraction build: its held-out shards, not its training ones
             steps = 0 if val else self.stage_steps(number, settings, self._rank()[1])
             if not specs or (not val and steps == 0):
                 continue
@@ -291,7 +299,7 @@ class ShardDataModule(L.LightningDataModule):
     def _held_out(self, subcommand: str) -> DataLoader:
         if not self.plans(val=True):
             raise ValueError(f"`{subcommand}` reads the held-out shards: set --data.stage1.val_shards or "
-                             "--data.stage2.val_shards")
+                             "--data.stage2.val_shards, or build the shards with --val-fraction")
         return self.val_dataloader()
 
 

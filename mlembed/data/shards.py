@@ -53,7 +53,8 @@ class Sampling:
     Each source is cut to a seeded random sample of at most ``max_per_source`` rows, then a seeded
     ``val_fraction`` of those (at least one row, and never all) goes to validation shards under ``val/``. Both
     draws are seeded by ``seed`` and the source's name, so two builds with the same settings write the same
-    rows, and a source's sample does not depend on which other sources are in the build.
+    rows, and a source's sample does not depend on which other sources are in the build. Rows left out of the
+    sample are not read further (a bad one among them neither stops the build nor counts as invalid).
     """
 
     max_per_source: int | None = None

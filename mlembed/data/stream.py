@@ -206,10 +206,10 @@ class StagePlan:
     def _epoch_order(self, number: int, seed: int) -> list[str]:
         """The sources of every batch of epoch ``number``, in a seeded order (cached: one epoch at a time)."""
         cached = getattr(self, "_order", None)
-        if cached is None or cached[0] != number:
+        if cached is None or cached[0] != (number, seed):
             order = [name for name in sorted(self.epoch) for _ in range(self.epoch[name])]
             seeded(seed, "epoch-order", self.stage, number).shuffle(order)
-            cached = self._order = (number, order)
+            cached = self._order = ((number, seed), order)
         return cached[1]
 
 
@@ -231,7 +231,7 @@ class TrainStream(IterableDataset):
             world: Number of ranks.
             shuffle_buffer: Samples in each source stream's shuffle buffer.
             bucket_batches: Batches per length-bucketing pool (1 turns bucketing off).
-            reader: How shards are verified (default: sample counts, a damaged shard stops the run). With
+            reader: How shards are verified (default: count and checksum; a damaged shard stops the run). With
                 ``skip_damaged`` every batch carries ``damaged_shards``: the shards its loader worker skipped.
         """
         self.reader = reader or ShardReader()
@@ -310,7 +310,7 @@ class EpochStream(IterableDataset):
                 last ``samples % world`` are left out), so all ranks yield the same batches.
             bucket_batches: Batches per length-bucketing pool (1: keep the shard order).
             seed: Seed of the bucketing and negative sampling.
-            reader: How shards are verified (default: sample counts, a damaged shard stops the pass).
+            reader: How shards are verified (default: count and checksum; a damaged shard stops the pass).
         """
         self.reader = reader or ShardReader()
         self.plans, self.rank, self.world = plans, rank, world
@@ -324,7 +324,10 @@ class EpochStream(IterableDataset):
         if self.world == 1:
             yield from self.reader(source)
             return
-        total = source.samples if source.samples is not None else sum(1 for _ in self.reader(source))
+        # Counted as read when a damaged shard may be skipped: the manifest's count would then give the ranks
+        # shares that differ by one, and a batch count that differs would hang the per-batch gather.
+        known = source.samples is not None and not self.reader.skip_damaged
+        total = source.samples if known else sum(1 for _ in self.reader(source))
         share = total // self.world
         for i, sample in enumerate(self.reader(source)):
             if i >= share * self.world:

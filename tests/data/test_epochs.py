@@ -47,6 +47,7 @@ def test_each_epoch_draws_every_sources_batches_once_in_the_same_order_on_every_
 @pytest.mark.parametrize("stage, expected", [
     ({"epochs": -1}, r"--data\.stage1\.epochs \(-1\) must not be negative"),
     ({"epochs": 1, "steps": 5}, r"--data\.stage1\.epochs \(1\) and --data\.stage1\.steps \(5\) are both set"),
+    ({"epochs": 1, "weights": {"alpha": 1}}, r"--data\.stage1\.weights set with --data\.stage1\.epochs"),
 ])
 def test_bad_epoch_settings_name_the_flag(shard_dir, tokenizer, stage, expected):
     with pytest.raises(ValueError, match=expected):
@@ -56,8 +57,8 @@ def test_bad_epoch_settings_name_the_flag(shard_dir, tokenizer, stage, expected)
 def test_epochs_without_shards_or_manifest_name_the_flag(shard_dir, tokenizer):
     with pytest.raises(ValueError, match=r"--data\.stage1\.shards is empty but --data\.stage1\.epochs is 1"):
         ShardDataModule(StageSettings([], epochs=1), tokenizer=tokenizer)
-    pattern = ShardDataModule(StageSettings([f"{shard_dir}/alpha-{{000000..000000}}.tar"], epochs=1,
-                                            weights={"alpha": 1}), tokenizer=tokenizer)
+    pattern = ShardDataModule(StageSettings([f"{shard_dir}/alpha-{{000000..000000}}.tar"], epochs=1),
+                              tokenizer=tokenizer)
     with pytest.raises(ValueError, match=r"--data\.stage1\.epochs needs each source's sample count from a shard "
                                          r"manifest, but alpha has none"):
         pattern.steps_for(1)

@@ -68,6 +68,10 @@ def test_the_datamodule_validates_on_the_builds_held_out_shards_per_source(relea
     assert {s.name: s.samples for s in train.sources} == {n: e["samples"] for n, e in manifest.sources().items()}
     seen = {batch["source"] for batch in dm.val_dataloader()}
     assert seen == set(MINI)
+    named = ShardDataModule(StageSettings([str(tmp_path / "out")], steps=1, batch_size=2,
+                                          val_shards=[str(tmp_path / "out")]), tokenizer=tokenizer)
+    (plan,) = named.plans(val=True)  # val_shards naming the build: its held-out shards, not its training ones
+    assert {s.name: s.samples for s in plan.sources} == {name: entry["samples"] for name, entry in held.items()}
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -81,3 +81,13 @@ def test_accumulation_trains_the_last_batch_of_an_uneven_stage(capsys, tiny_shar
     assert [row["stage"] for row in rows] == [1, 1, 2]  # every batch trained, stage 2's included
     assert rows[-1]["step"] == 1  # in two optimizer steps
     assert "the last of the 2 optimizer steps accumulates 1 batches" in capsys.readouterr().out
+
+
+def test_a_checkpoint_from_before_a_new_loss_setting_still_resumes(tiny_shards, reference_run, tmp_path):
+    """A checkpoint saved before ``kd_feature_weight`` existed trained with it off: resuming it is no change."""
+    checkpoint = torch.load(reference_run["ckpt"], map_location="cpu", weights_only=False)
+    loss = checkpoint["hyper_parameters"]["loss"]
+    assert isinstance(loss, dict) and loss.pop("kd_feature_weight") == 0.0
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    assert main(fit_args(tiny_shards, tmp_path, *STEPS, f"--ckpt_path={older}")) == 0
