@@ -94,14 +94,15 @@ def check_objective(path: Path, saved: dict, config: Any) -> None:
     pairs = [(f"model.{key}", _flat(_setting(saved["model"], key)), _flat(_setting(config.model, key)))
              for key in MODEL_OBJECTIVE]
     if saved["data"] and data is not None:
-        pairs += [(f"data.{stage}.{key}", _flat(_saved_stage_setting(saved["data"], stage, key)),
+        pairs += [(f"data.{stage}.{key}", _flat(_setting(saved["data"], f"{stage}.{key}")),
                    _flat(_setting(data, f"{stage}.{key}")))
                   for stage in ("stage1", "stage2") for key in STAGE_OBJECTIVE]
     changes = []
     for flag, old, new in pairs:
         for key in sorted(set(old) | set(new)):
-            if key not in old and f"{flag}{key}" in SETTINGS_BEFORE and old:
-                old[key] = SETTINGS_BEFORE[f"{flag}{key}"]  # a setting the checkpoint predates: what it trained with
+            setting = f"{flag}{key}".split(".", 2)[-1] if flag.startswith("data.") else f"{flag}{key}"[len("model."):]
+            if old.get(key) is None and setting in SETTINGS_BEFORE:
+                old[key] = SETTINGS_BEFORE[setting]  # a setting the checkpoint predates: what it trained with
             if old.get(key) != new.get(key):
                 changes.append(f"--{flag}{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
     if changes:
@@ -109,18 +110,9 @@ def check_objective(path: Path, saved: dict, config: Any) -> None:
                          + "\n  ".join(changes) + f"\nrestore these values, or pass {escape} to change it on purpose")
 
 
-#: Stage settings added after checkpoints were first written, with the value those checkpoints trained with.
-STAGE_SETTINGS_BEFORE = {"negative_draw": "row"}
-#: Loss settings added after checkpoints were first written (by flag), with the value those checkpoints trained with.
-SETTINGS_BEFORE = {"model.loss.kd_feature_weight": 0.0}
-
-
-def _saved_stage_setting(saved: dict, stage: str, key: str) -> Any:
-    """A stage setting of a checkpoint; one it predates is the value it trained with."""
-    value = _setting(saved, f"{stage}.{key}")
-    if value is None and _setting(saved, stage) is not None:
-        return STAGE_SETTINGS_BEFORE.get(key)
-    return value
+#: Settings added after checkpoints were first written (by their name in the model or in a data stage), with the
+#: value those checkpoints trained with.
+SETTINGS_BEFORE = {"loss.kd_feature_weight": 0.0, "negative_draw": "row"}
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -195,13 +195,10 @@ class StagePlan:
         """The source of this stage's ``index``-th batch (the same on every rank and worker)."""
         if self.epoch is not None:
             number, position = divmod(index, sum(self.epoch.values()))
-            return self._by_name[self._epoch_order(number, seed)[position]]
+            name = self._epoch_order(number, seed)[position]
+            return next(source for source in self.sources if source.name == name)
         rng = seeded(seed, "mix", self.stage, index)
         return rng.choices(self.sources, weights=[s.weight for s in self.sources])[0]
-
-    @property
-    def _by_name(self) -> dict[str, ShardSource]:
-        return {source.name: source for source in self.sources}
 
     def _epoch_order(self, number: int, seed: int) -> list[str]:
         """The sources of every batch of epoch ``number``, in a seeded order (cached: one epoch at a time)."""
