@@ -7,6 +7,7 @@ against it, adds the objective, the optimizer and the hooks, and the callbacks a
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -74,7 +75,11 @@ class EmbeddingModule(LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        with warnings.catch_warnings():
+            # Lightning advises against nn.Modules in hyperparameters because their weights are saved twice; the
+            # pooling strategies hold no weights: their class and settings are what load_from_checkpoint rebuilds.
+            warnings.filterwarnings("ignore", message="Attribute 'pooling' is an instance of `nn.Module`")
+            self.save_hyperparameters()
         self.mel, self.mll, self.mrl = mel, mll, mrl
         self.loss_fn, self.optimizer_config = loss, optimizer
         if on_nonfinite not in ("raise", "skip"):

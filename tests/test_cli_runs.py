@@ -14,6 +14,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,11 +29,6 @@ from mlembed.loading import load_checkpoint
 from tests.robustness.tiny_run import FIXTURES, ROOT, callback, checkpoint_every_step, fit_args
 
 SWITCHES = list(itertools.product([True, False], repeat=3))
-GRID_CAPS = {"max_pairs_per_language": 3, "max_queries_per_language": 3, "max_languages": 2, "max_sts_pairs": 10,
-             "max_passages": 3}
-"""Evaluation sets cut down so a test's grid takes seconds (it runs 3 times); the shipped demo uses the defaults."""
-
-
 @pytest.mark.parametrize("mel, mll, mrl", SWITCHES, ids=lambda v: "on" if v else "off")
 def test_every_axis_combination_trains_from_the_cli(tiny_shards, tmp_path, mel, mll, mrl):
     flags = [f"--model.mel.enabled={mel}", f"--model.mll.enabled={mll}", f"--model.mrl.enabled={mrl}",
@@ -102,35 +98,28 @@ def run_cli(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Complet
     return done
 
 
-def with_small_grid(config: Path, out: Path) -> Path:
-    """``config`` with the GridEvaluation callback's evaluation sets capped to GRID_CAPS."""
-    tree = yaml.safe_load(config.read_text())
-    grids = [c for c in tree["trainer"]["callbacks"] if c["class_path"].endswith("GridEvaluation")]
-    assert len(grids) == 1, "the demo scores its grid with one GridEvaluation callback"
-    grids[0].setdefault("init_args", {})["caps"] = GRID_CAPS
-    out.write_text(yaml.safe_dump(tree))
-    return out
-
-
 def test_demo_config_builds_its_data_and_runs_with_fast_dev_run(tmp_path):
-    config = with_small_grid(ROOT / "configs" / "demo.yaml", tmp_path / "demo_small_grid.yaml")
+    # The shipped config unchanged: under fast_dev_run the grids score a few texts per task (EvalCaps.smoke) and
+    # the control arm trains the same single step, as Lightning's loops run one batch.
     # batches of 4 instead of 32: the 3D-ML and control steps cost a fraction and still run every part of them
-    run_cli(tmp_path, "fit", "--config", str(config), "--trainer.fast_dev_run=2", "--data.stage1.batch_size=4",
-            "--data.stage2.batch_size=4")
+    done = run_cli(tmp_path, "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.fast_dev_run=2",
+                   "--data.stage1.batch_size=4", "--data.stage2.batch_size=4")
     assert (tmp_path / "data" / "demo" / "demo.json").is_file()  # built on first use, from installed packages
     grid = next((tmp_path / "runs" / "demo").glob("**/grid"))
     assert (grid / "grid.csv").is_file() and (grid / "baseline" / "grid.csv").is_file()
     assert (grid / "control" / "grid.csv").is_file()  # the control arm trained and was scored
+    assert "the control arm trained 2 optimizer steps (3D-ML: 2)" in done.stderr
     comparison = (grid / "comparison.csv").read_text()
     assert "rank" in comparison and len(comparison.splitlines()) > 1 and "delta_control" in comparison
     assert "| point | starting model | plain fine-tune | 3D-ML |" in (grid / "comparison.md").read_text()
     rows = list(csv.DictReader((grid / "grid.csv").open()))
     assert {r["rank"] for r in rows} == {"32", "64", "128", "384"} and {r["depth"] for r in rows} == {"2", "4", "6"}
     assert {r["task"] for r in rows} == {"lee", "wiki", "sphinx", "bitext", "dialogue"}
+    assert_quiet(done.stderr)
 
 
 def test_tiny_qwen3_config_runs_the_decoder_path_through_both_stages(workdir):
-    run_cli(workdir, "fit", "--config", str(ROOT / "configs" / "tiny_qwen3.yaml"), "--data.stage1.steps=2",
+    done = run_cli(workdir, "fit", "--config", str(ROOT / "configs" / "tiny_qwen3.yaml"), "--data.stage1.steps=2",
             "--data.stage2.steps=2", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=1")
     metrics = next((workdir / "runs" / "tiny_qwen3").glob("**/metrics.csv"))
     rows = list(csv.DictReader(metrics.open()))
@@ -139,6 +128,36 @@ def test_tiny_qwen3_config_runs_the_decoder_path_through_both_stages(workdir):
     assert all(0 < float(r["train/loss"]) < 1e3 for r in steps)
     assert {float(r["train/mel_rank"]) for r in steps} <= {16.0, 32.0, 64.0}
     assert any(r.get("val/loss") for r in rows)
+    # Written to a pipe, the progress is a line per step (log_every_n_steps=1) naming the stage, then validation.
+    progress = [line for line in done.stdout.splitlines() if line.startswith("mlembed: step ")]
+    assert [line.split(" · ")[:2] for line in progress] == [
+        ["mlembed: step 1/4", "stage 1"], ["mlembed: step 2/4", "stage 1"], ["mlembed: step 3/4", "stage 2"],
+        ["mlembed: step 4/4", "stage 2"]]
+    assert all(" · loss " in line and " steps/s" in line for line in progress)
+    assert "Epoch" not in done.stdout and "FLOPs" not in done.stdout
+    assert re.search(r"^mlembed: validation at step 4: val/loss \d", done.stdout, re.M)
+    assert_quiet(done.stderr)
+
+
+SHOWN = (
+    r"Seed set to \d+",
+    r"GPU available: \w+, used: \w+",
+    r"TPU available: \w+, using: \d+ TPU cores",
+    r"Running in `fast_dev_run` mode: .*",
+    r"`Trainer\(\w+=1(\.0)?\)` was configured so .*",  # Lightning reading back a flag the user set to 1
+    r"Loading `train_dataloader` to estimate number of stepping batches\.",
+    r"`Trainer\.fit` stopped: `max_steps=\d+` reached\.",
+    r"SVDInit: factorised the .*",
+    r"GridEvaluation.*",
+)
+"""What a fit may print on stderr: Lightning's run facts and mlembed's own lines (progress goes to stdout)."""
+
+
+def assert_quiet(stderr: str) -> None:
+    """Every stderr line is one the project chose to show: no warning, no advert, no stray bar."""
+    unchosen = [line for line in stderr.splitlines() if line.strip()
+                and not any(re.fullmatch(pattern, line) for pattern in SHOWN)]
+    assert not unchosen, "a fit printed lines no one chose:\n" + "\n".join(unchosen)
 
 
 def test_gradient_caching_runs_from_the_cli_on_a_config_that_clips(tiny_shards, tmp_path):

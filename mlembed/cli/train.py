@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import jsonargparse
 import yaml
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from mlembed import sharded
+from mlembed.callbacks.progress import ModelSize, Progress
 from mlembed.callbacks.run_log import RunLog, continue_log
+from mlembed.cli.quiet import quiet
 from mlembed.cli.resume import (
     ALLOW_CHANGE,
     SPECIAL_CKPT_PATHS,
@@ -49,6 +54,28 @@ class MLEmbedCLI(LightningCLI):
         parser.add_argument(f"--{ALLOW_CHANGE}", type=bool, default=False,
                             help="Resume --ckpt_path although the loss settings (MRL dims and weights, MLL layers, "
                                  "MEL ranks, loss, negatives, instructions) differ from the checkpoint's.")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with mlembed's defaults where the config leaves Lightning to choose: a CSV logger in
+        ``default_root_dir`` (Lightning's own choice when tensorboard is missing, without its notice about it), the
+        stage-and-step progress and the one-line model size (mlembed.callbacks.progress)."""
+        config = self._get(self.config_init, "trainer", default={})
+        chosen = list(config.get("callbacks") or []) + [
+            self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        defaults = []
+        if config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in chosen):
+            defaults.append(Progress())
+        if config.get("enable_model_summary", True) is not False and not any(
+                isinstance(c, ModelSummary) for c in chosen):
+            defaults.append(ModelSize())
+            kwargs["enable_model_summary"] = False  # Lightning's own table; ModelSize runs as a callback
+        if defaults:
+            kwargs["callbacks"] = list(config.get("callbacks") or []) + defaults
+        if config.get("logger") in (None, True) and "logger" not in kwargs:
+            root = config.get("default_root_dir")
+            kwargs["logger"] = CSVLogger(save_dir=os.fspath(root) if root else os.getcwd())
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         self.trainer.callbacks.append(RunLog())
@@ -206,6 +233,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> MLEmbedCL
     """Run LightningCLI on ``args`` (``sys.argv`` when None)."""
     # The docstring under each settings field becomes its --help text.
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    quiet()
     return MLEmbedCLI(
         EmbeddingModule,
         LightningDataModule,

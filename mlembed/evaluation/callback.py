@@ -78,6 +78,8 @@ class GridEvaluation(Callback):
         self.grid_args = {"ranks": ranks, "depths": depths, "dims": dims, "bytes_per_float": bytes_per_float}
         self.batch_size, self.instructions, self.plots, self.log = batch_size, instructions, plots, log
         self.control = control
+        self._caps = self.caps
+        """The caps of this fit: ``caps``, or their smoke-check version under ``fast_dev_run``."""
         self.results: dict[str, GridResult] = {}
         """``baseline``, ``step_<N>`` and ``final`` results of this fit."""
         self._tasks: list[Task] | None = None
@@ -91,6 +93,13 @@ class GridEvaluation(Callback):
         if stage == "fit" and not isinstance(getattr(pl_module, "encoder", None), PointEncoder):
             raise TypeError(f"GridEvaluation needs a LightningModule whose ``encoder`` has points(), embed() and "
                             f"num_parameters() (mlembed.encoder.PointEncoder); {type(pl_module).__name__} lacks it")
+        self._caps = self.caps
+        if trainer.fast_dev_run:
+            # Lightning's loops run N batches; the grids (and the control arm's steps, which follow max_steps)
+            # check every part on a few texts per task instead of scoring the full sets.
+            self._caps = self.caps.smoke(int(trainer.fast_dev_run))
+            rank_zero_info("GridEvaluation: fast_dev_run scores a few texts per task (a check that every part "
+                           "runs, not a measurement)")
         # trainer.log_dir broadcasts from rank 0: every rank must ask, here, not only rank 0 in _run (a hang).
         self._out = self.output_dir(trainer)
         if stage == "fit" and trainer.world_size > 1:
@@ -139,7 +148,7 @@ class GridEvaluation(Callback):
 
     def _run(self, name: str, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._tasks is None:
-            self._tasks = build_tasks(self.task_specs, data_dir=self.data_dir, caps=self.caps,
+            self._tasks = build_tasks(self.task_specs, data_dir=self.data_dir, caps=self._caps,
                                       batch_size=self.batch_size, instructions=self.instructions)
         encoder = self._encoder(trainer, pl_module)
         if not trainer.is_global_zero:  # the same calls as rank 0 (its share of every forward), no files

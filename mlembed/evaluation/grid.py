@@ -53,7 +53,7 @@ def evaluate_grid(
     # Rank outermost: SharedDepths keeps one rank's passes cached while its depths are scored.
     passes = [(rank, depth, task) for rank in ranks for depth in depths for task in tasks]
     model = share_depths(encoder, depths)
-    with eval_mode(encoder), tqdm(passes, desc="grid", unit="pass", disable=not progress) as bar:
+    with eval_mode(encoder), tqdm(passes, desc="grid", unit="pass", disable=None if progress else True) as bar:
         # The widest vector served: a loaded model's own dim, else the widest trained one (the full width: MRL
         # always trains it). A prefix wider than the vector would be scored at full width under the wider label.
         width = getattr(encoder, "dim", None) or max(d for d in trained.dims if d is not None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlembed.evaluation.bitext import BitextTask
@@ -68,6 +68,19 @@ class EvalCaps:
                 raise ValueError(f"--{flag.replace('_', '-')} ({value}) must be at least 1 (or None for no cap)")
         if self.languages is not None:
             self.languages = tuple(self.languages)
+
+    def smoke(self, batches: int) -> EvalCaps:
+        """These caps lowered to a check of every part in seconds, as ``--trainer.fast_dev_run=N`` runs N batches
+        of Lightning's loops: a few pairs or queries per language times ``batches``, two languages, and the
+        scores are not a measurement."""
+        def low(cap: int | None, most: int) -> int:
+            return most if cap is None else min(cap, most)
+
+        return replace(
+            self, max_pairs_per_language=low(self.max_pairs_per_language, 4 * batches),
+            max_queries_per_language=low(self.max_queries_per_language, 4 * batches),
+            max_languages=low(self.max_languages, 2), max_sts_pairs=low(self.max_sts_pairs, 16 * batches),
+            max_passages=low(self.max_passages, 4 * batches))
 
 
 def build_tasks(

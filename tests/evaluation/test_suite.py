@@ -32,6 +32,15 @@ def test_caps_limit_languages_and_pairs(demo_dir):
     assert only_fr.languages() == ["fr"]
 
 
+def test_fast_dev_run_caps_shrink_every_task_and_keep_smaller_caps(demo_dir):
+    smoke = EvalCaps(max_sts_pairs=None, max_pairs_per_language=3, seed=4).smoke(2)
+    assert (smoke.max_pairs_per_language, smoke.max_queries_per_language, smoke.max_languages,
+            smoke.max_sts_pairs, smoke.max_passages, smoke.seed) == (3, 8, 2, 32, 8, 4)
+    lee, bitext, dialogue = build_tasks(["lee", "bitext", "dialogue"], data_dir=demo_dir, caps=EvalCaps().smoke(1))
+    assert len(lee.scores) == 16 and len(bitext.languages()) == 2 and len(bitext.src) == 2 * 4
+    assert sum(len(s.queries) for s in dialogue.sets.values()) == 2 * 4
+
+
 def test_caps_sample_is_seeded(demo_dir):
     def draw(seed):
         return build_tasks(["bitext"], data_dir=demo_dir, caps=EvalCaps(max_pairs_per_language=2, seed=seed))[0].src
