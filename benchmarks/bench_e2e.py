@@ -264,7 +264,7 @@ def prepare(args, work: Path) -> str:
     """Build the demo data if needed and store the sentence-transformers dataset; return its directory."""
     import datasets
 
-    from mlembed.data.demo import build_demo
+    from mlembed.demo.data import build_demo
 
     build_demo(args.data)
     target = work / "st-dataset"

@@ -23,8 +23,9 @@ from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
 from mlembed.axes.mrl import MRL
 from mlembed.backbone import BackboneConfig
+from mlembed.demo.tasks import build_tasks
 from mlembed.evaluation.grid import evaluate_grid
-from mlembed.evaluation.suite import EvalCaps, build_tasks
+from mlembed.evaluation.suite import EvalCaps
 from mlembed.module import EmbeddingModule
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from common import minilm_dir
 
 from mlembed.data.datamodule import LoaderSettings, ShardDataModule, StageSettings
-from mlembed.data.demo import DemoSettings, build_demo
+from mlembed.demo.data import DemoSettings, build_demo
 from mlembed.text import TextTokenizer
 
 LOCALES = ["de", "fr", "es", "it", "pl", "ru", "uk", "ja", "zh_Hans", "ko", "ar", "fa", "hi", "tr", "vi", "id"]

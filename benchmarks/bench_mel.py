@@ -79,7 +79,7 @@ def token_ids(args: argparse.Namespace) -> torch.Tensor:
         return torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
     from transformers import AutoTokenizer
 
-    from mlembed.data.demo import build_demo
+    from mlembed.demo.data import build_demo
     from mlembed.paths import resolve_path
 
     build_demo(args.data_dir)  # reuses a complete build

@@ -96,3 +96,51 @@ def test_the_axes_and_the_artifact_import_no_other_mlembed_module_at_load_time()
         top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         modules = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in top_level}
         assert not {m for m in modules if m and m.startswith("mlembed")}, name
+
+
+EVALUATION_MAY_IMPORT = ("mlembed.evaluation", "mlembed.encoder", "mlembed.artifact", "mlembed.data.records")
+"""What the evaluation core (tasks, metrics, the grid, results) may import of mlembed: the encoder it scores, the
+artifact's point types, and the error type of a bad input line. Reporting, the grid callback, the control arm,
+the mteb adapter and the demo's tasks live elsewhere and import it, never the reverse."""
+
+
+def lightning_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] in ("lightning", "pytorch_lightning")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                "lightning", "pytorch_lightning"):
+            found.add(node.module)
+    return found
+
+
+def test_the_evaluation_core_imports_only_the_encoder_and_the_artifact_and_never_lightning():
+    graph = import_graph()
+    core = [name for name in graph if name.startswith("mlembed.evaluation")]
+    assert {"mlembed.evaluation.grid", "mlembed.evaluation.suite", "mlembed.evaluation.result"} <= set(core)
+    for name in core:
+        outside = {m for m in graph[name] if not m.startswith(EVALUATION_MAY_IMPORT)}
+        assert not outside, f"{name} imports {sorted(outside)}"
+    # Nor anything it loads, at any depth (a function-level import inside a training-only path, such as the
+    # callbacks an axis names for fit, is not loaded by scoring: tests/test_no_lightning.py runs a grid to check).
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    known = set(files)
+    reached, todo = set(), list(core)
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += top_level_imports(files[name], known)
+    assert not {name: lightning_imports(files[name]) for name in reached if lightning_imports(files[name])}
+
+
+def top_level_imports(path: Path, known: set[str]) -> set[str]:
+    """The mlembed modules ``path`` imports when it is loaded (its module-level import statements)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {n for n in [node.module] + [f"{node.module}.{a.name}" for a in node.names] if n in known}
+    return found

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from mlembed.cli import main
-from mlembed.data.demo import build_demo
+from mlembed.demo.data import build_demo
 from mlembed.loading import load_checkpoint
 from tests.robustness.tiny_run import FIXTURES, ROOT, callback, checkpoint_every_step, fit_args
 

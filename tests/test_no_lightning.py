@@ -1,5 +1,6 @@
-"""Inference and export are plain PyTorch + transformers: ``mlembed.load`` and ``mlembed export`` never import
-Lightning (a deployment image need not install it), checked in a fresh interpreter."""
+"""Inference, export and scoring are plain PyTorch + transformers: ``mlembed.load``, ``mlembed export`` and the
+evaluation core's grid never import Lightning (a deployment image need not install it), checked in a fresh
+interpreter."""
 
 from __future__ import annotations
 
@@ -21,8 +22,12 @@ vectors = model.encode(["hello world", "bonjour"])
 export(sys.argv[1], sys.argv[2] + "/efficiency", mode="efficiency")
 assert main(["--ckpt", sys.argv[1], "--out", sys.argv[2] + "/compat", "--mode", "compat", "--dim", "4"]) == 0
 loaded = [mlembed.load(sys.argv[2] + "/" + mode).encode(["hello world"]).shape[1] for mode in ("efficiency", "compat")]
+from mlembed.evaluation.grid import evaluate_grid
+from mlembed.evaluation.sts import STSTask
+toy = STSTask(["a cat", "a dog", "rain"], ["a kitten", "a puppy", "sun"], [5.0, 4.0, 1.0], name="toy")
+scored = len(evaluate_grid(mlembed.load(sys.argv[1]), [toy], progress=False).points())
 imported = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric"))
-print(json.dumps({"shape": list(vectors.shape), "loaded": loaded, "imported": imported}))
+print(json.dumps({"shape": list(vectors.shape), "loaded": loaded, "scored": scored, "imported": imported}))
 """
 
 
@@ -31,5 +36,5 @@ def test_load_encode_and_export_never_import_lightning(tmp_path):
                           text=True, cwd=Path(__file__).parents[1], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["shape"] == [2, 8] and report["loaded"] == [8, 4]  # the work was done ...
+    assert report["shape"] == [2, 8] and report["loaded"] == [8, 4] and report["scored"] > 1  # the work was done ...
     assert report["imported"] == []  # ... and no Lightning module was loaded for it

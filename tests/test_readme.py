@@ -19,8 +19,7 @@ from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
 from mlembed.axes.mrl import MRL
 from mlembed.backbone import BackboneConfig
-from mlembed.cli import main
-from mlembed.cli import evaluate, export, shards, sweep
+from mlembed.cli import evaluate, export, main, shards, sweep
 from mlembed.export import export as export_model
 from mlembed.module import EmbeddingModule
 from mlembed.pooling import MeanPooling

@@ -96,7 +96,7 @@ def test_local_run_writes_a_summary_with_the_metric(tmp_path):
     out = tmp_path / "sweep"
     code = main(["sweeps/axes.yaml", "--local", "--max-runs", "1", "--out", str(out),
                  "--config", "configs/tiny_bert.yaml", "--extra", *data_args(shards),
-                 callback("mlembed.evaluation.callback.GridEvaluation", tasks=["lee"], caps={"max_sts_pairs": 100},
+                 callback("mlembed.callbacks.grid.GridEvaluation", tasks=["lee"], caps={"max_sts_pairs": 100},
                           plots=False)])
     assert code == 0, (out / "0" / "output.log").read_text()[-3000:]
     with (out / "summary.csv").open() as handle:

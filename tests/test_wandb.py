@@ -64,7 +64,7 @@ def offline_run(tmp_path_factory) -> dict:
         for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
             patch.setenv(name, str(root / "home"))  # nothing written to the user's home
         patch.setenv("WANDB_MODE", "offline")
-        grid = callback("mlembed.evaluation.callback.GridEvaluation", tasks=["lee"], caps={"max_sts_pairs": 100},
+        grid = callback("mlembed.callbacks.grid.GridEvaluation", tasks=["lee"], caps={"max_sts_pairs": 100},
                         plots=True)
         mlembed.cli.main(fit_args(shards, root, "--config", str(ROOT / "callbacks/wandb.yaml"),
                                   f"--trainer.logger.init_args.save_dir={root}", grid))

@@ -21,12 +21,14 @@ from typing import Any
 
 from mlembed.artifact import warn_untrained
 from mlembed.cli.errors import reported
+from mlembed.demo.tasks import DATA_DIR_TASKS, DEMO_TASKS, build_tasks
 from mlembed.evaluation.budget import best_within_budget, describe_pick
-from mlembed.evaluation.grid import evaluate_grid, run_grid
+from mlembed.evaluation.grid import evaluate_grid
 from mlembed.evaluation.result import axis_order
 from mlembed.evaluation.spread import SpreadEncoder, torch_distributed_group
-from mlembed.evaluation.suite import DATA_DIR_TASKS, DEFAULT_TASKS, EvalCaps, build_tasks
+from mlembed.evaluation.suite import EvalCaps
 from mlembed.paths import check_output
+from mlembed.reporting.report import run_grid
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,8 +42,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes-per-float", type=int, default=4, choices=(1, 2, 4),
                    help="bytes of one stored vector component (4 fp32, 2 fp16, 1 int8)")
     p.add_argument("--tasks", nargs="+",
-                   help=f"built-ins ({', '.join(DEFAULT_TASKS)}; {' and '.join(DATA_DIR_TASKS)} read --data-dir), or "
-                        "KIND:PATH with KIND in sts, bitext, pairs, retrieval. Default: every built-in whose data is "
+                   help=f"the demo's tasks ({', '.join(DEMO_TASKS)}; {' and '.join(DATA_DIR_TASKS)} read --data-dir), or "
+                        "KIND:PATH with KIND in sts, bitext, pairs, retrieval. Default: every demo task whose data is "
                         "at hand (all of them with --data-dir)")
     p.add_argument("--data-dir", help="the demo's output directory (its eval/*.jsonl feed bitext and dialogue)")
     p.add_argument("--out", help="directory for grid.csv, grid.md and the plots (with --mteb: mteb's results). "
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None, local_tasks: Sequence[Any] = ()) -> int:
 def _run(argv: list[str] | None, local_tasks: Sequence[Any]) -> int:
     args = parser().parse_args(argv)
     if args.tasks is None:
-        args.tasks = [t for t in DEFAULT_TASKS if args.data_dir or t not in DATA_DIR_TASKS]
+        args.tasks = [t for t in DEMO_TASKS if args.data_dir or t not in DATA_DIR_TASKS]
     args.out = str(output_dir(args.out, args.overwrite, mteb=bool(args.mteb)))
     point_flags = [f"--{axis}" for axis in ("rank", "depth", "dim") if getattr(args, axis) is not None]
     if args.mteb:
@@ -188,7 +190,7 @@ def evaluate_mteb(args: argparse.Namespace, local_tasks: Sequence[Any] = ()) -> 
         return _error(tasks)
     _check_model(args.model)
     import mlembed
-    from mlembed.evaluation.mteb_adapter import MTEBEncoder
+    from mlembed.integrations.mteb import MTEBEncoder
 
     instructions = _read_mapping(args.instructions) if args.instructions else {}
     encoder = mlembed.load(args.model, rank=args.rank, depth=args.depth, dim=args.dim, device=args.device,

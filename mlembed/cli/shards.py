@@ -70,7 +70,7 @@ def _run(argv: list[str] | None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.demo:
-        from mlembed.data.demo import build_demo
+        from mlembed.demo.data import build_demo
 
         print(build_demo(args.demo, overwrite=args.overwrite).summary())
         return 0

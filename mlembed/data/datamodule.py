@@ -129,7 +129,7 @@ class ShardDataModule(L.LightningDataModule):
             stage2: The multi-task stage with instructions (optional).
             loader: Streaming settings.
             tokenizer: The model's tokenizer (the CLI links it from the model; tests pass one).
-            build_demo: Build the embedded demo data (``mlembed.data.demo``) into this directory before
+            build_demo: Build the embedded demo data (``mlembed.demo.data``) into this directory before
                 training when it is not complete there yet (configs/demo.yaml: ``data/demo``).
             instruction_template: How an instruction goes before a query in tasks without their own template in
                 ``templates``. The CLI links it from the model's, so training formats queries exactly as the
@@ -165,7 +165,7 @@ class ShardDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before any dataloader exists, so ranks never race.
         if self.build_demo:
-            from mlembed.data.demo import build_demo
+            from mlembed.demo.data import build_demo
 
             build_demo(self.build_demo)
 

@@ -1,8 +1,9 @@
-"""Evaluation of 3D-ML models: retrieval, STS and bitext tasks scored over the (rank x depth x dim) grid.
+"""The evaluation core: tasks and their metrics (sts.py, bitext.py, retrieval.py, ranking.py), the
+(rank x depth x dim) grid (grid.py, with shared_depths.py and spread.py), its results (result.py, budget.py), and
+the sizes and file formats of evaluation sets (suite.py, datasets.py, readers.py).
 
-Entry points: ``evaluate_grid`` / ``run_grid`` (grid.py), ``GridEvaluation`` (callback.py, a Lightning callback),
-``best_within_budget`` (budget.py), ``build_tasks`` and ``EvalCaps`` (suite.py) and ``MTEBEncoder``
-(mteb_adapter.py); the command is ``mlembed evaluate`` (mlembed/cli/evaluate.py). Encoders that also offer ``embed_layers``
-(shared_depths.py) get every depth of a rank from one pass. Import from the modules; this package imports
-nothing heavy on its own.
+It imports only the encoder it scores and the artifact's point types, never Lightning (tests/test_architecture.py).
+Around it: the grid's files, plots and comparison (mlembed.reporting), the ``GridEvaluation`` callback
+(mlembed.callbacks.grid), the control arm (mlembed.control), the mteb adapter (mlembed.integrations.mteb), the
+demo's tasks (mlembed.demo.tasks) and the command (mlembed.cli.evaluate). Import from the modules.
 """

@@ -1,7 +1,4 @@
-"""Evaluation sets from files: text shipped in packages and user/demo data (STS, bitext, retrieval).
-
-Shipped in packages, none of it in the demo's training text: gensim's Lee corpus (STS), gensim's sample of
-English Wikipedia (passage retrieval) and Sphinx's translated messages (bitext, about 60 languages).
+"""Evaluation sets from files (STS, bitext, retrieval): the formats a user's own data comes in.
 
 Formats (``.jsonl`` is read as JSON lines, anything else as tab-separated; a TSV header line is optional):
 
@@ -16,102 +13,15 @@ Formats (``.jsonl`` is read as JSON lines, anything else as tab-separated; a TSV
 
 from __future__ import annotations
 
-import bz2
-import functools
-import re
 from collections import defaultdict
 from pathlib import Path
 
 from mlembed.data.records import RecordError
 from mlembed.evaluation.readers import parse_float, parse_text, read_rows
 from mlembed.evaluation.retrieval import RetrievalSet
-from mlembed.paths import resolve_path
 
 DEFAULT_LANG = "all"
 """Language of rows that name none (a TSV without the third column)."""
-
-
-def read_lee() -> tuple[list[str], list[str], list[float]]:
-    """gensim's Lee corpus: 50 news documents and the mean human rating of all 1,225 pairs (i < j).
-
-    ``similarities0-1.txt`` is a 50 x 50 tab-separated matrix whose upper triangle holds the ratings.
-    """
-    from gensim.test.utils import datapath
-
-    # The file is Latin-1 (it holds a raw 0xA3 pound sign).
-    docs = Path(datapath("lee.cor")).read_text(encoding="latin-1").splitlines()
-    matrix = [line.split("\t") for line in Path(datapath("similarities0-1.txt")).read_text().splitlines()]
-    if len(docs) != 50 or len(matrix) != 50:
-        raise RuntimeError(f"gensim's Lee data changed: {len(docs)} documents, {len(matrix)} rating rows")
-    text1, text2, scores = [], [], []
-    for i in range(len(docs)):
-        for j in range(i + 1, len(docs)):
-            text1.append(docs[i])
-            text2.append(docs[j])
-            scores.append(float(matrix[i][j]))
-    return text1, text2, scores
-
-
-#: Sentence boundaries in Wikipedia prose: end punctuation, space, then a capital, digit, quote or bracket.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
-#: What gensim's filter_wiki leaves of the markup: bold/italic quotes, section titles, emptied brackets.
-_WIKI_LEFTOVERS = [re.compile(r"'{2,}"), re.compile(r"=+[^=\n]+=+"), re.compile(r"\(\s*[,;]?\s*\)")]
-
-
-@functools.cache  # parsing takes seconds; a fit's grids and a test session read it once (rows: do not mutate)
-def read_wiki_passages() -> list[dict]:
-    """Passage retrieval pairs from gensim's sample of English Wikipedia (106 articles, about 3,300 pairs).
-
-    Each paragraph of three sentences or more gives a pair (inverse cloze): the query is its first sentence,
-    the positive the next (up to three) sentences, at most 400 characters. Rows: ``{"id", "lang", "query",
-    "positive"}`` with ``lang`` ``en``; the id names the article.
-    """
-    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
-    from gensim.test.utils import datapath
-
-    rows = []
-    path = datapath("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
-    with bz2.open(path, "rb") as handle:
-        for title, text, _ in extract_pages(handle):
-            if text.lstrip().lower().startswith("#redirect"):
-                continue
-            prose = filter_wiki(text)
-            for pattern in _WIKI_LEFTOVERS:
-                prose = pattern.sub(" ", prose)
-            for number, paragraph in enumerate(prose.split("\n\n")):
-                sentences = _SENTENCE_END.split(" ".join(paragraph.split()))
-                if len(sentences) >= 3 and len(sentences[0]) >= 40:
-                    rows.append({"id": f"{title}:{number}", "lang": "en", "query": sentences[0],
-                                 "positive": " ".join(sentences[1:4])[:400]})
-    return rows
-
-
-@functools.cache  # rows: do not mutate
-def read_sphinx_bitext() -> list[dict]:
-    """English -> translation pairs of Sphinx's message catalogs (``sphinx/locale/<lang>/LC_MESSAGES``).
-
-    Cleaned as the demo's Django pairs are (placeholders and markup out), and every pair whose English or
-    translation also occurs in Django's catalogs is left out, so the demo's training text never holds it. Rows:
-    ``{"id", "lang", "src", "tgt"}``.
-    """
-    import polib
-
-    from mlembed.data.demo import clean, django_pairs, usable
-
-    paths = sorted(Path(resolve_path("pkg://sphinx/locale", "--tasks sphinx")).glob("*/LC_MESSAGES/sphinx.po"))
-    locales = [path.parts[-3] for path in paths]
-    seen_in_django = {text for pairs in django_pairs(locales).values() for pair in pairs for text in pair}
-    rows = []
-    for path, locale in zip(paths, locales):
-        for entry in polib.pofile(str(path)):
-            if entry.fuzzy or entry.obsolete or entry.msgid_plural or not entry.msgstr:
-                continue
-            src, tgt = clean(entry.msgid), clean(entry.msgstr)
-            if "%" in src:  # date formats such as "%b %d, %Y" are not text
-                continue
-            if usable(src) and usable(tgt) and src.lower() != tgt.lower() and not {src, tgt} & seen_in_django:
-                rows.append({"id": f"{locale}:{len(rows)}", "lang": locale, "src": src, "tgt": tgt})
-    return rows
 
 
 def read_sts(path: str | Path) -> tuple[list[str], list[str], list[float]]:

@@ -8,9 +8,7 @@ Each task embeds its texts once per (rank, depth); all dim prefixes are cut from
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -69,45 +67,6 @@ def evaluate_grid(
                          for metric, value in metrics.items()]
     return GridResult(rows, {task.name: task.main_metric for task in tasks},
                       in_domain=frozenset(task.name for task in tasks if getattr(task, "in_domain", False)))
-
-
-def run_grid(
-    encoder: PointEncoder,
-    tasks: Sequence[Task],
-    out_dir: str | Path,
-    *,
-    logger=None,
-    step: int | None = None,
-    prefix: str = "grid",
-    plots: bool = True,
-    **grid: object,
-) -> GridResult:
-    """Evaluate the grid and write ``grid.csv``, ``grid.md`` and the PNG plots into ``out_dir``.
-
-    Args:
-        encoder: the model.
-        tasks: what to score.
-        out_dir: where the files go (created).
-        logger: a Lightning logger (or a list of them) to log the table, plots and main scores to.
-        step: the training step to log at.
-        prefix: first part of the logger keys.
-        plots: write the PNG plots.
-        **grid: ``ranks``, ``depths``, ``dims``, ``bytes_per_float``, ``progress`` of ``evaluate_grid``.
-    """
-    from mlembed.evaluation.plots import write_plots
-    from mlembed.evaluation.publish import publish
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    result = evaluate_grid(encoder, tasks, **grid)
-    result.seconds = time.perf_counter() - start
-    result.write_csv(out / "grid.csv")
-    result.write_markdown(out / "grid.md")
-    images = write_plots(result, out) if plots else []
-    if logger is not None:
-        publish(result, logger, images=images, step=step, prefix=prefix)
-    return result
 
 
 @contextlib.contextmanager

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from mlembed.data.datamodule import ShardDataModule, StageSettings
-from mlembed.data.demo import DemoSettings, build_demo, clean
 from mlembed.data.manifest import ShardManifest
 from mlembed.data.stream import read_samples
+from mlembed.demo.data import DemoSettings, build_demo, clean
 
 SETTINGS = DemoSettings(locales=["de", "fr", "ru", "ja", "ar", "pt_BR"], languages=["english", "spanish", "russian"])
 

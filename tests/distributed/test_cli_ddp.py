@@ -21,7 +21,7 @@ pytestmark = pytest.mark.distributed
 
 def test_ddp_fit_with_wandb_grid_and_export_presets_finishes(tmp_path):
     shards = build_shards(tmp_path / "shards")
-    grid = callback("mlembed.evaluation.callback.GridEvaluation", tasks=["lee"], caps={"max_sts_pairs": 60},
+    grid = callback("mlembed.callbacks.grid.GridEvaluation", tasks=["lee"], caps={"max_sts_pairs": 60},
                     plots=False, baseline=True, out_dir=str(tmp_path / "grid"))
     args = fit_args(shards, tmp_path, "--config", str(ROOT / "callbacks/wandb.yaml"),
                     "--config", str(ROOT / "callbacks/export.yaml"), grid,

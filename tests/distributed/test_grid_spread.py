@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import mlembed
+from mlembed.demo.tasks import build_tasks
 from mlembed.evaluation.grid import evaluate_grid
-from mlembed.evaluation.suite import EvalCaps, build_tasks
+from mlembed.evaluation.suite import EvalCaps
 from tests.distributed.common import environment
 from tests.robustness.tiny_run import ROOT, callback, checkpoint_every_step, fit_args
 
@@ -54,7 +55,7 @@ def fits(tiny_shards, tmp_path_factory) -> dict[str, Path]:
     roots = {}
     for name, flags in STRATEGIES.items():
         root = tmp_path_factory.mktemp(name.replace(" ", "_"))
-        grid = callback("mlembed.evaluation.callback.GridEvaluation", tasks=["lee"], caps=CAPS, plots=False,
+        grid = callback("mlembed.callbacks.grid.GridEvaluation", tasks=["lee"], caps=CAPS, plots=False,
                         baseline=True, out_dir=str(root / "grid"))
         args = fit_args(tiny_shards, root, grid, checkpoint_every_step(root / "ckpt"), "--data.stage1.steps=2",
                         "--data.stage2.steps=2", *flags)

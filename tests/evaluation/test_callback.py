@@ -9,10 +9,11 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader
 
-from mlembed.evaluation.callback import GridEvaluation
+from mlembed.callbacks.grid import GridEvaluation
+from mlembed.demo.tasks import build_tasks
 from mlembed.evaluation.grid import evaluate_grid
-from mlembed.evaluation.publish import main_scalars, publish
-from mlembed.evaluation.suite import EvalCaps, build_tasks
+from mlembed.evaluation.suite import EvalCaps
+from mlembed.reporting.publish import main_scalars, publish
 from tests.evaluation.conftest import ENGLISH, LANGS
 
 PAIRS = list(zip(ENGLISH, LANGS["de"])) + list(zip(ENGLISH, LANGS["fr"]))
@@ -125,7 +126,7 @@ def test_callback_is_configurable_from_yaml_like_a_cli_callback():
     parser = ArgumentParser()
     parser.add_argument("--callback", type=GridEvaluation)
     config = parser.parse_object({"callback": {
-        "class_path": "mlembed.evaluation.callback.GridEvaluation",
+        "class_path": "mlembed.callbacks.grid.GridEvaluation",
         "init_args": {"tasks": ["lee", "bitext"], "data_dir": "data/demo", "baseline": True, "every_n_steps": 50,
                       "caps": {"max_pairs_per_language": 20, "languages": ["de", "fr"]}},
     }})

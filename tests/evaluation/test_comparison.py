@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from mlembed.evaluation.comparison import compare
 from mlembed.evaluation.result import GridResult, GridRow
+from mlembed.reporting.comparison import compare
 
 
 def grid(score) -> GridResult:

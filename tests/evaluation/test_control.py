@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch import Trainer
 
 from mlembed.cli import main
+from mlembed.control import plain_copy, train_control, truncatable
 from mlembed.data.datamodule import LoaderSettings, ShardDataModule, StageSettings
-from mlembed.evaluation.control import plain_copy, train_control, truncatable
 from mlembed.losses import ContrastiveLoss
 from mlembed.optim import OptimizerConfig
 from tests.helpers import tiny_module
@@ -66,7 +66,7 @@ def test_train_control_runs_the_same_steps_on_the_same_data(tiny_shards, tmp_pat
 
 
 def test_demo_style_run_reports_three_arms(tiny_shards, tmp_path):
-    grid = callback("mlembed.evaluation.callback.GridEvaluation", tasks=["lee", "wiki"], baseline=True,
+    grid = callback("mlembed.callbacks.grid.GridEvaluation", tasks=["lee", "wiki"], baseline=True,
                     control=True, out_dir=str(tmp_path / "grid"), ranks=[8, 32], depths=[1, 2], dims=[8, 32],
                     caps={"max_sts_pairs": 40, "max_passages": 10})
     assert main(fit_args(tiny_shards, tmp_path, "--data.stage1.steps=2", "--data.stage2.steps=1", grid)) == 0

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from mlembed.data.records import RecordError
-from mlembed.evaluation.datasets import pairs_to_sets, read_beir, read_bitext, read_lee, read_pairs, read_sts
+from mlembed.demo.tasks import read_lee
+from mlembed.evaluation.datasets import pairs_to_sets, read_beir, read_bitext, read_pairs, read_sts
 from tests.evaluation.conftest import write_jsonl
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mlembed.evaluation.bitext import BitextTask
-from mlembed.evaluation.grid import evaluate_grid, run_grid
+from mlembed.evaluation.grid import evaluate_grid
 from mlembed.evaluation.sts import STSTask
+from mlembed.reporting.report import run_grid
 from tests.evaluation.conftest import ENGLISH, LANGS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

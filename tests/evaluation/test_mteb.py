@@ -16,7 +16,7 @@ import pytest
 import mlembed
 from mlembed.cli import main as cli_main
 from mlembed.cli.evaluate import main as evaluate_main
-from mlembed.evaluation.mteb_adapter import MTEBEncoder
+from mlembed.integrations.mteb import MTEBEncoder
 from tests.evaluation.mteb_tasks import QA, OfflineRetrieval, OfflineSTS, offline_tasks
 from tests.robustness.tiny_run import TINY_CONFIG, callback, data_args
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from mteb.models.models_protocols import EncoderProtocol
 
-from mlembed.evaluation.mteb_adapter import MTEBEncoder
+from mlembed.integrations.mteb import MTEBEncoder
 
 TEXTS = ["hello world", "good morning", "the cat sleeps"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mlembed.data.demo import django_pairs
-from mlembed.evaluation.datasets import read_sphinx_bitext, read_wiki_passages
+from mlembed.demo.data import django_pairs
+from mlembed.demo.tasks import build_tasks, read_sphinx_bitext, read_wiki_passages
 from mlembed.evaluation.result import GridResult, GridRow
-from mlembed.evaluation.suite import EvalCaps, build_tasks
+from mlembed.evaluation.suite import EvalCaps
 
 
 def test_wiki_passages_are_clean_sentence_pairs():

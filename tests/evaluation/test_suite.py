@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from mlembed.demo.tasks import build_tasks
 from mlembed.evaluation.bitext import BitextTask
 from mlembed.evaluation.retrieval import RetrievalTask
 from mlembed.evaluation.sts import STSTask
-from mlembed.evaluation.suite import EvalCaps, build_tasks
+from mlembed.evaluation.suite import EvalCaps
 from tests.evaluation.conftest import write_jsonl
 
 

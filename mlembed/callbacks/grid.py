@@ -9,14 +9,16 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from mlembed.artifact import PointGrid
+from mlembed.demo.tasks import build_tasks
 from mlembed.encoder import PointEncoder
-from mlembed.evaluation.comparison import compare
-from mlembed.evaluation.grid import evaluate_grid, run_grid
-from mlembed.evaluation.plots import write_arm_plots
+from mlembed.evaluation.grid import evaluate_grid
 from mlembed.evaluation.result import GridResult
 from mlembed.evaluation.spread import SpreadEncoder, count_parameters
-from mlembed.evaluation.suite import DEFAULT_TASKS, EvalCaps, build_tasks
+from mlembed.evaluation.suite import EvalCaps
 from mlembed.evaluation.task import Task
+from mlembed.reporting.comparison import compare
+from mlembed.reporting.plots import write_arm_plots
+from mlembed.reporting.report import run_grid
 
 
 class GridEvaluation(Callback):
@@ -29,7 +31,8 @@ class GridEvaluation(Callback):
     ``OUT/step_<N>/`` for periodic runs, and ``OUT/comparison.{csv,md}`` when a baseline was taken.
 
     Args:
-        tasks: task specs (``lee``, ``bitext``, ``dialogue``, ``KIND:PATH``; see ``mlembed.evaluation.suite``).
+        tasks: task specs: ``KIND:PATH`` for your own files (``mlembed.evaluation.suite``) or the demo's task
+            names (``lee``, ``wiki``, ``sphinx``, ``bitext``, ``dialogue``; ``mlembed.demo.tasks``).
         data_dir: the demo's output directory (holds ``eval/bitext.jsonl`` and ``eval/dialogue.jsonl``); read
             when the first grid runs, so a datamodule may build it during fit.
         caps: size limits of the evaluation sets.
@@ -46,14 +49,14 @@ class GridEvaluation(Callback):
         plots: write PNG plots.
         log: send the results to the trainer's loggers.
         control: after fit, also train the control arm (the same data, steps and learning rate with the axes
-            and distillation off: a plain contrastive fine-tune, see mlembed.evaluation.control) and score it,
+            and distillation off: a plain contrastive fine-tune, see mlembed.control) and score it,
             truncated as the baseline is; ``comparison.md`` and the ``arms_*.png`` plots then show the starting
             model, the plain fine-tune and the trained model side by side. Single device only.
     """
 
     def __init__(
         self,
-        tasks: Sequence[str] = DEFAULT_TASKS,
+        tasks: Sequence[str],
         data_dir: str | None = None,
         caps: EvalCaps | None = None,
         every_n_steps: int = 0,
@@ -128,7 +131,7 @@ class GridEvaluation(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._run("final", trainer, pl_module)
         if self.control and trainer.is_global_zero:
-            from mlembed.evaluation.control import train_control
+            from mlembed.control import train_control
 
             rank_zero_info("GridEvaluation: training the control arm (axes off, same data, steps and lr)")
             control, steps = train_control(trainer, pl_module)

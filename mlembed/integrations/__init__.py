@@ -1,0 +1,1 @@
+"""mlembed models inside other projects' tools: the mteb adapter (mteb.py). Import from the modules."""
