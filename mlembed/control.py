@@ -15,13 +15,15 @@ import dataclasses
 from lightning.pytorch import Trainer
 
 from mlembed.module import EmbeddingModule
+from mlembed.spec import EncoderSpec
 
 
 def plain_copy(module: EmbeddingModule) -> EmbeddingModule:
     """A new module from ``module``'s settings with MEL, MLL, MRL and distillation switched off."""
-    return _rebuild(module, mel=dataclasses.replace(module.mel, enabled=False),
-                    mll=dataclasses.replace(module.mll, enabled=False),
-                    mrl=dataclasses.replace(module.mrl, enabled=False))
+    spec = module.spec
+    return _rebuild(module, spec.replace(mel=dataclasses.replace(spec.mel, enabled=False),
+                                         mll=dataclasses.replace(spec.mll, enabled=False),
+                                         mrl=dataclasses.replace(spec.mrl, enabled=False)))
 
 
 def truncatable(plain: EmbeddingModule, like: EmbeddingModule) -> EmbeddingModule:
@@ -30,7 +32,7 @@ def truncatable(plain: EmbeddingModule, like: EmbeddingModule) -> EmbeddingModul
     With MEL on in ``like``, the factors come from the SVD of ``plain``'s trained embedding matrix: rank k is the
     direct SVD truncation of the fine-tuned model.
     """
-    out = _rebuild(like, mel=like.mel, mll=like.mll, mrl=like.mrl)
+    out = _rebuild(like, like.spec)
     out.configure_model()
     weights = plain.encoder.backbone.model.state_dict()
     factors = out.encoder.factorized_embedding
@@ -77,12 +79,11 @@ def train_control(trainer: Trainer, module: EmbeddingModule) -> tuple[EmbeddingM
     return truncatable(plain, module), control.global_step
 
 
-def _rebuild(module: EmbeddingModule, *, mel, mll, mrl) -> EmbeddingModule:
-    # The control arm is a plain contrastive fine-tune: no teacher of any kind.
+def _rebuild(module: EmbeddingModule, spec: EncoderSpec) -> EmbeddingModule:
+    """A new module of ``spec`` (with its own copy of the pooling) and ``module``'s other settings, and no teacher
+    of any kind: the control arm is a plain contrastive fine-tune."""
     loss = dataclasses.replace(module.loss_fn, kd_weight=0.0, kd_similarity_weight=0.0, kd_teacher="self")
-    return EmbeddingModule(
-        module.encoder.backbone_config, pooling=copy.deepcopy(module.encoder.pooling), mel=mel, mll=mll, mrl=mrl,
-        loss=loss, optimizer=module.optimizer_config,
-        instruction_template=module.encoder.instruction_template, on_nonfinite=module.on_nonfinite,
-        grad_cache=module.grad_cache,
+    return EmbeddingModule.from_spec(
+        spec.replace(pooling=copy.deepcopy(module.encoder.pooling)), loss=loss, optimizer=module.optimizer_config,
+        on_nonfinite=module.on_nonfinite, grad_cache=module.grad_cache,
     )

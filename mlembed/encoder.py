@@ -19,9 +19,7 @@ import torch
 from torch import nn
 
 from mlembed.artifact import ModelShape, PointGrid
-from mlembed.axes.mel import MEL, FactorizedEmbedding, check_rank
-from mlembed.axes.mll import MLL
-from mlembed.axes.mrl import MRL
+from mlembed.axes.mel import FactorizedEmbedding, check_rank
 from mlembed.backbone import Backbone, BackboneConfig, count_parameters
 from mlembed.pooling import LastTokenPooling, MeanPooling, Pooling
 from mlembed.text import DEFAULT_TEMPLATE, TextTokenizer
@@ -40,6 +38,8 @@ class Encoder(nn.Module):
         max_rank: rank of the MEL factors that replace the token embedding (None: the ordinary matrix).
         instruction_template: how an instruction is put before a query (``{instruction}``, ``{query}``); the
             same constant the training data uses by default.
+        grid: the points the model serves: a ``PointGrid``, or what resolves one against the backbone once it is
+            built (``resolve(depth, hidden_size)``: an ``mlembed.spec.EncoderSpec``); None: its full point only.
     """
 
     def __init__(
@@ -49,6 +49,7 @@ class Encoder(nn.Module):
         *,
         max_rank: int | None = None,
         instruction_template: str = DEFAULT_TEMPLATE,
+        grid: PointGrid | GridSource | None = None,
     ) -> None:
         super().__init__()
         self.backbone_config = backbone
@@ -59,13 +60,16 @@ class Encoder(nn.Module):
         )
         self.max_rank = max_rank
         self.instruction_template = instruction_template
-        self.grid: PointGrid | None = None
-        """The points training resolved (set by whoever builds the encoder); None: its full point only."""
+        self.grid: PointGrid | None = grid if isinstance(grid, PointGrid) else None
+        """The points this model serves (resolved when the backbone is built); None: its full point only."""
+        self._grid_source = None if isinstance(grid, PointGrid) else grid
 
     # -- construction -------------------------------------------------------------------------------
     def build(self) -> Encoder:
-        """Load or create the backbone and install the MEL factors (idempotent)."""
-        self.build_backbone()
+        """Load or create the backbone, resolve the grid against it and install the MEL factors (idempotent)."""
+        backbone = self.build_backbone()
+        if self.grid is None and self._grid_source is not None:
+            self.grid = self._grid_source.resolve(backbone.depth, backbone.hidden_size)
         if self.max_rank is not None and self.factorized_embedding is None:
             self._install_factors()
         return self
@@ -344,13 +348,6 @@ def _embedding_keys(encoder: Encoder) -> set[str]:
     return {key for key in encoder.backbone.state_dict() if key.startswith(prefix)}
 
 
-def trained_grid(mel: MEL, mll: MLL, mrl: MRL, backbone: Backbone) -> PointGrid:
-    """The points the three axes' settings train on ``backbone``: MEL ranks (``(None,)`` when off), the MLL
-    layers (the depths served) and the MRL dims, each ascending."""
-    ranks = mel.resolve_ranks() if mel.enabled else (None,)
-    dims, _ = mrl.resolve(backbone.hidden_size)
-    return PointGrid(ranks=ranks, depths=mll.resolve(backbone.depth), dims=tuple(sorted(dims)))
-
 def encoder_state_keys(state: dict[str, torch.Tensor], *, prefix: str) -> dict[str, torch.Tensor]:
     """``state`` with every encoder key under ``prefix`` (``""``: the encoder's own keys, for ``Encoder``).
 
@@ -371,6 +368,13 @@ def default_pooling(config: BackboneConfig) -> Pooling:
     else:
         model_type = config.config["model_type"]
     return MeanPooling() if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else LastTokenPooling()
+
+
+class GridSource(Protocol):
+    """What gives an encoder its grid once the backbone's size is known (``mlembed.spec.EncoderSpec``)."""
+
+    def resolve(self, depth: int, hidden_size: int) -> PointGrid:
+        """The points served by a backbone of ``depth`` layers and width ``hidden_size``."""
 
 
 @runtime_checkable

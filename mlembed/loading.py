@@ -12,7 +12,6 @@ read directly.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +21,11 @@ import torch
 
 from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest, PointGrid, resolve_point, warn_untrained
 from mlembed.axes.mel import MEL
-from mlembed.axes.mll import MLL
-from mlembed.axes.mrl import MRL
 from mlembed.backbone import BackboneConfig
-from mlembed.encoder import Encoder, encoder_state_keys, trained_grid, truncate_normalize
-from mlembed.pooling import Pooling
+from mlembed.encoder import Encoder, encoder_state_keys, truncate_normalize
 from mlembed.sharded import consolidate, is_sharded_checkpoint
-from mlembed.text import DEFAULT_TEMPLATE, TextTokenizer
+from mlembed.spec import EncoderSpec, pooling_from
+from mlembed.text import TextTokenizer
 
 
 class Embedder:
@@ -239,30 +236,7 @@ def load_checkpoint(path: str | os.PathLike) -> Encoder:
 
 def encoder_from_hparams(hparams: dict[str, Any]) -> Encoder:
     """The (built, untrained) Encoder and trained grid that an EmbeddingModule's saved settings describe."""
-    backbone = _settings(hparams["backbone"], BackboneConfig)
-    mel = _settings(hparams.get("mel"), MEL)
-    encoder = Encoder(backbone, _pooling(hparams.get("pooling")), max_rank=mel.rank if mel.enabled else None,
-                      instruction_template=hparams.get("instruction_template") or DEFAULT_TEMPLATE).build()
-    encoder.grid = trained_grid(mel, _settings(hparams.get("mll"), MLL), _settings(hparams.get("mrl"), MRL),
-                                encoder.backbone)
-    return encoder
-
-
-def _settings(value: Any, cls: type) -> Any:
-    """A settings dataclass from what a checkpoint holds: the object itself, its fields as a dict, or None."""
-    if value is None:
-        return cls()
-    if isinstance(value, dict):
-        return cls(**value)
-    return value
-
-
-def _pooling(value: Any) -> Pooling | None:
-    """The pooling of a checkpoint: a Pooling object, LightningCLI's ``{class_path, init_args}``, or None."""
-    if value is None or isinstance(value, Pooling):
-        return value
-    module_name, _, class_name = value["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)(**(value.get("init_args") or {}))
+    return EncoderSpec.from_hparams(hparams).build()
 
 
 def load_export(directory: str | os.PathLike) -> tuple[Encoder, ExportManifest]:
@@ -284,13 +258,13 @@ def load_export(directory: str | os.PathLike) -> tuple[Encoder, ExportManifest]:
 
 def _export_encoder(backbone: BackboneConfig, manifest: ExportManifest, *, max_rank: int | None) -> Encoder:
     """A built Encoder for an export, reporting the export's trained points."""
-    pooling = _pooling({"class_path": manifest.pooling})
-    encoder = Encoder(backbone, pooling, max_rank=max_rank, instruction_template=manifest.instruction_template)
-    encoder.build()
     grid = manifest.grid
-    encoder.grid = PointGrid(ranks=grid.ranks if max_rank is not None else (None,), depths=grid.depths,
-                             dims=grid.dims)
-    return encoder
+    mel = MEL(enabled=False) if max_rank is None else MEL(rank=max_rank, ranks=[r for r in grid.ranks if r] or None)
+    spec = EncoderSpec(backbone, pooling_from({"class_path": manifest.pooling}), mel=mel,
+                       instruction_template=manifest.instruction_template,
+                       grid=PointGrid(ranks=grid.ranks if max_rank is not None else (None,), depths=grid.depths,
+                                      dims=grid.dims))
+    return spec.build()
 
 
 def _efficiency_encoder(directory: Path, manifest: ExportManifest) -> Encoder:

@@ -22,6 +22,30 @@ def gather_single_process(x: torch.Tensor, mode: str) -> torch.Tensor:
     return x.detach() if mode == "none" else x
 
 
+def gather_rows(x: torch.Tensor, mode: str, *, world_size: int, rank: int,
+                all_gather: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """All processes' rows of ``x`` [B, ...] -> [W*B, ...], with the gradient ``mode`` asks for.
+
+    Args:
+        x: this process's rows.
+        mode: ``all`` (the gradient flows back to every process's rows, each process's share summed by the
+            strategy's gradient reduction), ``local`` (only to this process's own rows) or ``none``.
+        world_size: the number of processes.
+        rank: this process's index among them.
+        all_gather: the strategy's gather, called as ``all_gather(x, sync_grads=...)`` -> [W, B, ...]
+            (Lightning's ``LightningModule.all_gather``).
+    """
+    if world_size == 1:
+        return gather_single_process(x, mode)
+    gathered = all_gather(x, sync_grads=True) if mode == "all" else all_gather(x.detach())
+    gathered = gathered.reshape(-1, *x.shape[1:])  # [W, B, ...] -> [W*B, ...]
+    if mode == "local":
+        parts = list(gathered.split(x.shape[0]))
+        parts[rank] = x
+        gathered = torch.cat(parts)
+    return gathered
+
+
 @dataclass
 class ContrastiveLoss:
     """InfoNCE over in-batch and hard negatives, temperature-scaled cosine similarity."""

@@ -6,7 +6,6 @@ against it, adds the objective, the optimizer and the hooks, and the callbacks a
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -19,13 +18,14 @@ from mlembed.axes.mll import MLL, MLLLoss
 from mlembed.axes.mrl import MRL, MRLLoss
 from mlembed.backbone import BackboneConfig
 from mlembed.batch import uses_in_batch_negatives
-from mlembed.encoder import ENCODER_PREFIX, Encoder, default_pooling, encoder_state_keys, trained_grid
+from mlembed.encoder import ENCODER_PREFIX, default_pooling, encoder_state_keys
 from mlembed.gradcache import CachedStep, GradCache, apply_cached_update, chunk_embedder
 from mlembed.loading import load_checkpoint
-from mlembed.losses import ContrastiveLoss, feature_distillation_loss, gather_single_process
+from mlembed.losses import ContrastiveLoss, gather_rows
 from mlembed.optim import OptimizerConfig
 from mlembed.pooling import Pooling
-from mlembed.teacher import FrozenTeacher, TeacherConfig
+from mlembed.spec import EncoderSpec
+from mlembed.teacher import TeacherConfig, feature_distillation, paired_layers, teacher_of, teacher_vectors
 from mlembed.text import DEFAULT_TEMPLATE
 
 
@@ -95,14 +95,21 @@ class EmbeddingModule(LightningModule):
             raise ValueError("--model.teacher is set but --model.loss.kd_teacher is not 'model': set both, or neither")
         if grad_cache is not None:
             self.automatic_optimization = False  # the cached backward runs chunk by chunk inside training_step
-        self.encoder = Encoder(backbone, pooling, max_rank=mel.rank if mel.enabled else None,
-                               instruction_template=instruction_template)
+        self.spec = EncoderSpec(backbone, pooling, mel, mll, mrl, instruction_template)
+        """Everything that makes the encoder (the control arm rebuilds from it with the axes off)."""
+        self.encoder = self.spec.encoder()
         # The axes resolved against the backbone in configure_model().
         self.mll_loss: MLLLoss | None = None
         self.mrl_loss: MRLLoss | None = None
         self.ranks: tuple[int, ...] = ()
         self.active_layers: tuple[int, ...] = ()
         """The MLL layers this step trains (all of them unless a LayerSchedule callback sets a subset)."""
+
+    @classmethod
+    def from_spec(cls, spec: EncoderSpec, **settings) -> EmbeddingModule:
+        """A module whose encoder is made from ``spec``; ``settings`` are the constructor's others (loss, ...)."""
+        return cls(spec.backbone, pooling=spec.pooling, mel=spec.mel, mll=spec.mll, mrl=spec.mrl,
+                   instruction_template=spec.instruction_template, **settings)
 
     # -- construction -------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -122,22 +129,13 @@ class EmbeddingModule(LightningModule):
             self.encoder.start_from(previous)
         self.active_layers = self.layers
         self.ranks = self.mel.resolve_ranks() if self.mel.enabled else ()
-        self.encoder.grid = trained_grid(self.mel, self.mll, self.mrl, backbone)
         if self.loss_fn.kd_teacher == "model" and self.loss_fn.distills:
             # Set past nn.Module's registration: the frozen teacher is in no optimizer, checkpoint or FSDP unit.
-            object.__setattr__(self, "frozen_teacher", self._build_teacher())
+            object.__setattr__(self, "frozen_teacher", teacher_of(
+                self.teacher_config, self.encoder.backbone_config, self.encoder.pooling, self.encoder.text_tokenizer,
+                default_pooling))
             if self.loss_fn.kd_feature_weight > 0:
-                self.teacher_layers = self._teacher_layers()
-
-    def _teacher_layers(self) -> dict[int, int]:
-        """Student MLL layer -> the teacher's layer it is distilled from by ``kd_feature_weight``: the i-th MLL
-        layer of each (the same layer when the depths agree)."""
-        theirs = self.mll.resolve(self.frozen_teacher.depth)
-        if len(theirs) != len(self.layers):
-            raise ValueError(f"--model.loss.kd_feature_weight pairs the i-th MLL layer of the student {self.layers} "
-                             f"with the teacher's {theirs} (depth {self.frozen_teacher.depth}): their counts differ; "
-                             "give --model.mll.layers that both depths hold, or a teacher of the student's depth")
-        return dict(zip(self.layers, theirs))
+                self.teacher_layers = paired_layers(self.layers, self.frozen_teacher, self.mll)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -153,12 +151,6 @@ class EmbeddingModule(LightningModule):
     def dim_weights(self) -> tuple[float, ...]:
         """The MRL weights, one per entry of ``dims``."""
         return self.mrl_loss.weights if self.mrl_loss is not None else ()
-
-    def _build_teacher(self) -> FrozenTeacher:
-        config = (self.teacher_config or TeacherConfig()).backbone
-        encoder = self.encoder
-        pooling = copy.deepcopy(encoder.pooling) if config is None else default_pooling(config)
-        return FrozenTeacher(config or encoder.backbone_config, pooling, encoder.text_tokenizer).build()
 
     def configure_callbacks(self) -> list[Callback]:
         """The callbacks the enabled axes need (each axis names its own), unless the trainer has one of the type.
@@ -210,7 +202,8 @@ class EmbeddingModule(LightningModule):
             "use_in_batch": uses_in_batch_negatives(batch["task"]),
             "gather": self.gather,
             "process_index": self.global_rank,
-            "teacher": self._teacher(batch, embeddings[max(layers)]),
+            "teacher": teacher_vectors(self.loss_fn, getattr(self, "frozen_teacher", None), batch,
+                                       embeddings[max(layers)]),
         }
         terms: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
@@ -220,67 +213,17 @@ class EmbeddingModule(LightningModule):
             return total
 
         loss, layer_losses = self.mll_loss(embeddings, per_layer)
-        logs = _log_terms(loss, layer_losses, terms)
+        logs = {**MLLLoss.logged(layer_losses), **MRLLoss.logged(terms)}
         if self.loss_fn.kd_feature_weight > 0:
-            features = self._feature_distillation(batch, embeddings)
+            features = feature_distillation(self.frozen_teacher, self.teacher_layers, batch, embeddings)
             loss = loss + self.loss_fn.kd_feature_weight * features
             logs["loss/kd_feature"] = features.detach()
         return loss, logs
 
-    def _feature_distillation(self, batch: dict, embeddings: dict[int, tuple]) -> torch.Tensor:
-        """The authors' distillation: raw features of queries, positives and negatives against the teacher's
-        matching layer, summed over groups, averaged over this step's layers."""
-        layers = list(embeddings)
-        wanted = sorted({self.teacher_layers[layer] for layer in layers})
-        groups = [key for key in ("query", "positive", "negatives") if key in batch]
-        teacher = {key: self.frozen_teacher.features(batch[key], wanted) for key in groups}
-        total = 0.0
-        for layer in layers:
-            query, positive, negatives = embeddings[layer]
-            student = (query, positive) + ((negatives,) if negatives is not None and "negatives" in teacher else ())
-            theirs = [teacher[key][self.teacher_layers[layer]] for key in groups[:len(student)]]
-            if len(student) == 3:  # [B*N, H] -> [B, N, H], as the student's negatives
-                theirs[2] = theirs[2].reshape(*negatives.shape[:2], -1)
-            total = total + feature_distillation_loss(student, tuple(theirs))
-        return total / len(layers)
-
-    def _teacher(self, batch: dict, last: tuple) -> tuple[torch.Tensor, ...] | None:
-        """The teacher's vectors of (queries[, positives]); a bitext batch's positives may take their queries' vectors
-        (``kd_bitext_target=query``) or none (``none``: the queries alone are distilled)."""
-        if not self.loss_fn.distills_vectors:
-            return None
-        target = self.loss_fn.kd_bitext_target if batch["task"] == "bitext" else "positive"
-        # A teacher of one group only (the queries) leaves the positives out of both distillation terms.
-        if self.loss_fn.kd_teacher == "model":
-            query = self.frozen_teacher.embed(batch["query"])
-            if target == "positive":
-                return query, self.frozen_teacher.embed(batch["positive"])
-        elif self.loss_fn.kd_teacher == "batch":
-            if "teacher_query" not in batch:
-                raise KeyError("--model.loss.kd_teacher=batch but the batch has no 'teacher_query' vectors")
-            query = batch["teacher_query"]
-            if target == "positive":
-                return (query,)
-        else:
-            query, positive = (torch.nn.functional.normalize(x.detach(), dim=-1) for x in last[:2])
-            if target == "positive":
-                return query, positive
-        return (query, query) if target == "query" else (query,)
-
     def gather(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         """All devices' rows of ``x`` [B, ...] -> [W*B, ...], with the gradient ``mode`` asks for."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return gather_single_process(x, mode)
-        if mode == "all":
-            gathered = self.all_gather(x, sync_grads=True)
-        else:
-            gathered = self.all_gather(x.detach())
-        gathered = gathered.reshape(-1, *x.shape[1:])  # [W, B, ...] -> [W*B, ...]
-        if mode == "local":
-            parts = list(gathered.split(x.shape[0]))
-            parts[self.global_rank] = x
-            gathered = torch.cat(parts)
-        return gathered
+        world = 1 if self._trainer is None else self.trainer.world_size
+        return gather_rows(x, mode, world_size=world, rank=self.global_rank, all_gather=self.all_gather)
 
     # -- Lightning hooks ------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -387,23 +330,3 @@ def _split_negatives(rows: torch.Tensor, batch: int, per_query: int) -> torch.Te
 
 def _batch_size(batch: dict) -> int:
     return int(batch["query"]["input_ids"].shape[0])
-
-
-def _log_terms(
-    loss: torch.Tensor,
-    layer_losses: dict[int, torch.Tensor],
-    terms: dict[tuple[int, int], dict[str, torch.Tensor]],
-) -> dict[str, torch.Tensor]:
-    """Detached values to log: each layer's loss, each dim's (unweighted, averaged over layers), each term."""
-    logs = {f"loss/mll@{layer}": value.detach() for layer, value in layer_losses.items()}
-    dims = sorted({dim for _, dim in terms})
-    layers = sorted({layer for layer, _ in terms})
-    for dim in dims:
-        values = [sum(terms[(layer, dim)].values()) for layer in layers]
-        logs[f"loss/mrl@{dim}"] = torch.stack(values).mean().detach()
-    names = sorted({name for t in terms.values() for name in t})
-    for name in names:
-        values = [t[name] for t in terms.values() if name in t]
-        logs[f"loss/{name}"] = torch.stack(values).mean().detach()
-    return logs
-

@@ -9,13 +9,16 @@ copy costs one unsharded model per device, and it only runs forward passes witho
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlembed.axes.mll import MLL
 from mlembed.backbone import Backbone, BackboneConfig
+from mlembed.losses import ContrastiveLoss, feature_distillation_loss
 from mlembed.pooling import Pooling
 from mlembed.text import TextTokenizer
 
@@ -80,3 +83,70 @@ class FrozenTeacher(nn.Module):
             inputs = {k: v.to(device) for k, v in self.tokenizer(texts).items()}
         states = self.backbone(inputs["input_ids"], inputs["attention_mask"], layers)
         return {layer: self.pooling(states[layer], inputs["attention_mask"]) for layer in layers}
+
+
+def teacher_of(config: TeacherConfig | None, student: BackboneConfig, pooling: Pooling,
+               tokenizer: TextTokenizer, default_pooling) -> FrozenTeacher:
+    """The built teacher of ``config``: the student's own starting model (``student``, a copy of its ``pooling``)
+    when ``config`` names no backbone, else that backbone with its family's default pooling."""
+    backbone = (config or TeacherConfig()).backbone
+    own = copy.deepcopy(pooling) if backbone is None else default_pooling(backbone)
+    return FrozenTeacher(backbone or student, own, tokenizer).build()
+
+
+def paired_layers(student_layers: tuple[int, ...], teacher: FrozenTeacher, mll: MLL) -> dict[int, int]:
+    """Student MLL layer -> the teacher's layer it is distilled from by ``kd_feature_weight``: the i-th MLL
+    layer of each (the same layer when the depths agree)."""
+    theirs = mll.resolve(teacher.depth)
+    if len(theirs) != len(student_layers):
+        raise ValueError(f"--model.loss.kd_feature_weight pairs the i-th MLL layer of the student {student_layers} "
+                         f"with the teacher's {theirs} (depth {teacher.depth}): their counts differ; "
+                         "give --model.mll.layers that both depths hold, or a teacher of the student's depth")
+    return dict(zip(student_layers, theirs))
+
+
+def teacher_vectors(loss: ContrastiveLoss, teacher: FrozenTeacher | None, batch: dict,
+                    last: tuple) -> tuple[torch.Tensor, ...] | None:
+    """The teacher's unit vectors of (queries[, positives]) for the vector distillation terms, by ``kd_teacher``:
+    the frozen model, the vectors stored in the batch, or the student's own last layer (detached).
+
+    A bitext batch's positives may take their queries' vectors (``kd_bitext_target=query``) or none (``none``:
+    the queries alone are distilled); a teacher of one group only leaves the positives out of both terms.
+    """
+    if not loss.distills_vectors:
+        return None
+    target = loss.kd_bitext_target if batch["task"] == "bitext" else "positive"
+    if loss.kd_teacher == "model":
+        query = teacher.embed(batch["query"])
+        if target == "positive":
+            return query, teacher.embed(batch["positive"])
+    elif loss.kd_teacher == "batch":
+        if "teacher_query" not in batch:
+            raise KeyError("--model.loss.kd_teacher=batch but the batch has no 'teacher_query' vectors")
+        query = batch["teacher_query"]
+        if target == "positive":
+            return (query,)
+    else:
+        query, positive = (F.normalize(x.detach(), dim=-1) for x in last[:2])
+        if target == "positive":
+            return query, positive
+    return (query, query) if target == "query" else (query,)
+
+
+def feature_distillation(teacher: FrozenTeacher, pairs: dict[int, int], batch: dict,
+                         embeddings: dict[int, tuple]) -> torch.Tensor:
+    """The authors' distillation: raw features of queries, positives and negatives against the teacher's
+    paired layer (``pairs``), summed over groups, averaged over this step's layers."""
+    layers = list(embeddings)
+    wanted = sorted({pairs[layer] for layer in layers})
+    groups = [key for key in ("query", "positive", "negatives") if key in batch]
+    features = {key: teacher.features(batch[key], wanted) for key in groups}
+    total = 0.0
+    for layer in layers:
+        query, positive, negatives = embeddings[layer]
+        student = (query, positive) + ((negatives,) if negatives is not None and "negatives" in features else ())
+        theirs = [features[key][pairs[layer]] for key in groups[:len(student)]]
+        if len(student) == 3:  # [B*N, H] -> [B, N, H], as the student's negatives
+            theirs[2] = theirs[2].reshape(*negatives.shape[:2], -1)
+        total = total + feature_distillation_loss(student, tuple(theirs))
+    return total / len(layers)

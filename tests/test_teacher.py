@@ -14,11 +14,16 @@ from mlembed.backbone import BackboneConfig
 from mlembed.losses import ContrastiveLoss, similarity_distillation_loss
 from mlembed.module import EmbeddingModule
 from mlembed.optim import OptimizerConfig
-from mlembed.teacher import TeacherConfig
+from mlembed.teacher import TeacherConfig, teacher_vectors
 from tests.conftest import MINILM_DIR, tiny_bert_config
 from tests.helpers import make_batch, tiny_backbone, tiny_module
 
 DISTIL = {"kd_teacher": "model", "kd_similarity_weight": 10.0, "kd_weight": 1.0}
+
+
+def distilled_towards(module, batch, last):
+    """The teacher's vectors that ``module``'s loss distils towards for ``batch`` (its ``kd_teacher`` setting)."""
+    return teacher_vectors(module.loss_fn, getattr(module, "frozen_teacher", None), batch, last)
 
 
 def distilling(kind: str = "bert", **loss) -> EmbeddingModule:
@@ -60,7 +65,7 @@ def test_the_starting_model_teaches_itself_exactly_at_the_full_point():
     module = distilling()
     module.eval()
     batch = make_batch(module)
-    teacher = module._teacher(batch, None)
+    teacher = distilled_towards(module, batch, None)
     depth = module.encoder.backbone.depth
     with module.encoder.at_rank(None):
         query = module.encoder(batch["query"], [depth])[depth]
@@ -81,7 +86,7 @@ def test_model_step_adds_the_distillation_terms_at_every_layer_and_dim():
     batch = make_batch(module)
     loss, logs = module.model_step(batch, module.layers)
     base, _ = plain.model_step(batch, plain.layers)
-    teacher = module._teacher(batch, None)
+    teacher = distilled_towards(module, batch, None)
     expected = base.detach()
     for layer in module.layers:  # by hand: mean over layers of the weighted sum over dims of the kd terms
         query = module.encoder(batch["query"], [layer])[layer]
@@ -116,18 +121,18 @@ def test_bitext_translations_can_be_held_to_their_sources_teacher_vectors(kind):
     # sentences); other tasks keep their own, and the default keeps its own everywhere.
     source, own, bitext, retrieval, last = with_bitext_target(kind, "query")
     with torch.no_grad():
-        held = source._teacher(bitext, last)
+        held = distilled_towards(source, bitext, last)
         torch.testing.assert_close(held[1], held[0], rtol=0, atol=0)
-        torch.testing.assert_close(held[0], own._teacher(bitext, last)[0], rtol=0, atol=1e-6)
-        assert not torch.allclose(own._teacher(bitext, last)[1], held[0], atol=1e-3)  # default: the translations'
-        mixed = source._teacher(retrieval, last)  # not bitext: each text keeps its own target
-        torch.testing.assert_close(mixed[1], own._teacher(retrieval, last)[1], rtol=0, atol=1e-6)
+        torch.testing.assert_close(held[0], distilled_towards(own, bitext, last)[0], rtol=0, atol=1e-6)
+        assert not torch.allclose(distilled_towards(own, bitext, last)[1], held[0], atol=1e-3)  # default: the translations'
+        mixed = distilled_towards(source, retrieval, last)  # not bitext: each text keeps its own target
+        torch.testing.assert_close(mixed[1], distilled_towards(own, retrieval, last)[1], rtol=0, atol=1e-6)
         # The terms now agree with the contrastive pull: a student that maps each translation onto its source's
         # teacher vector has zero distillation loss, which it cannot have under the default.
         student = (held[0], held[0])
         terms = source.loss_fn.distillation_terms(student, held)
         assert terms["kd"] < 1e-10 and terms["kd_sim"] < 1e-10
-        assert own.loss_fn.distillation_terms(student, own._teacher(bitext, last))["kd_sim"] > 1e-4
+        assert own.loss_fn.distillation_terms(student, distilled_towards(own, bitext, last))["kd_sim"] > 1e-4
 
 
 @pytest.mark.parametrize("kind", ["model", "self"])
@@ -136,10 +141,10 @@ def test_bitext_translations_can_be_left_out_of_distillation(kind):
     # gradient at all, and other tasks keep both groups.
     free, own, bitext, retrieval, last = with_bitext_target(kind, "none")
     with torch.no_grad():
-        held = free._teacher(bitext, last)
+        held = distilled_towards(free, bitext, last)
         assert len(held) == 1
-        torch.testing.assert_close(held[0], own._teacher(bitext, last)[0], rtol=0, atol=1e-6)
-        assert len(free._teacher(retrieval, last)) == 2
+        torch.testing.assert_close(held[0], distilled_towards(own, bitext, last)[0], rtol=0, atol=1e-6)
+        assert len(distilled_towards(free, retrieval, last)) == 2
     query, positive = (torch.nn.functional.normalize(x, dim=-1).requires_grad_() for x in last)
     terms = free.loss_fn.distillation_terms((query, positive), held)
     sum(terms.values()).backward()
@@ -147,7 +152,7 @@ def test_bitext_translations_can_be_left_out_of_distillation(kind):
     assert positive.grad is None or float(positive.grad.abs().sum()) == 0
     # The same student under the default does pull the translations.
     query.grad = positive.grad = None
-    sum(own.loss_fn.distillation_terms((query, positive), own._teacher(bitext, last)).values()).backward()
+    sum(own.loss_fn.distillation_terms((query, positive), distilled_towards(own, bitext, last)).values()).backward()
     assert float(positive.grad.abs().sum()) > 0
 
 
@@ -179,7 +184,7 @@ def test_a_teacher_with_another_tokenizer_and_width_distils_the_geometry():
     module.configure_model()
     module.init_mel_from_svd()
     batch = make_batch(module)
-    vectors = module._teacher(batch, None)
+    vectors = distilled_towards(module, batch, None)
     assert vectors[0].shape == (6, 32)
     want = module.frozen_teacher.pooling(*_teacher_states(module, ["how do I reset my password"]))
     torch.testing.assert_close(vectors[0][:1], F.normalize(want, dim=-1), atol=1e-5, rtol=0)

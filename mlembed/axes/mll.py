@@ -79,3 +79,8 @@ class MLLLoss:
             raise ValueError(f"MLL got embeddings of layers {foreign}, which are not among its layers {self.layers}")
         per_layer = {layer: inner(*embs, layer=layer) for layer, embs in embeddings.items()}
         return MLL.combine(per_layer), per_layer
+
+    @staticmethod
+    def logged(per_layer: Mapping[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What to log of one step: each layer's loss (``loss/mll@<layer>``), detached."""
+        return {f"loss/mll@{layer}": value.detach() for layer, value in per_layer.items()}

@@ -107,6 +107,21 @@ class MRLLoss:
             total = total + weight * sum(terms.values())
         return total, per_dim
 
+    @staticmethod
+    def logged(terms: dict[tuple[int, int], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """What to log of one step, from the base loss's named terms per (layer, dim): each dim's loss
+        (``loss/mrl@<dim>``: unweighted, its terms summed, averaged over layers) and each named term
+        (``loss/<name>``, averaged over every (layer, dim)), detached."""
+        logs = {}
+        layers = sorted({layer for layer, _ in terms})
+        for dim in sorted({dim for _, dim in terms}):
+            values = [sum(terms[(layer, dim)].values()) for layer in layers]
+            logs[f"loss/mrl@{dim}"] = torch.stack(values).mean().detach()
+        for name in sorted({name for t in terms.values() for name in t}):
+            values = [t[name] for t in terms.values() if name in t]
+            logs[f"loss/{name}"] = torch.stack(values).mean().detach()
+        return logs
+
 
 def reference_weights(dims: tuple[int, ...], hidden: int) -> tuple[float, ...]:
     """The reference's weights: the i-th dim, largest first (i = 1, 2, ...), gets 1 / (i * sqrt(hidden / dim))."""
