@@ -144,3 +144,23 @@ def top_level_imports(path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found |= {n for n in [node.module] + [f"{node.module}.{a.name}" for a in node.names] if n in known}
     return found
+
+
+def test_the_encoder_reads_no_axis_settings_and_only_the_spec_gives_it_a_grid():
+    tree = ast.parse((PACKAGE / "encoder.py").read_text())
+    from_axes = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 and (node.module or "").startswith("mlembed.axes") for alias in node.names}
+    assert from_axes <= {"FactorizedEmbedding", "check_rank"}, from_axes  # model parts, not training settings
+    # No module sets an encoder's grid from outside: it is the constructor's argument (EncoderSpec's grid).
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "encoder.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                assert not any(isinstance(t, ast.Attribute) and t.attr == "grid" for t in targets), path
+    # ... and every encoder is made through the spec: no module but spec.py calls Encoder(...).
+    for path in PACKAGE.rglob("*.py"):
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Name) and n.func.id == "Encoder"]
+        assert not calls or path.name == "spec.py", path
