@@ -3,6 +3,10 @@
 For each rank k both exports are written and loaded back with ``mlembed.load``; the script prints, as ratios
 efficiency / compat measured in this one run: the token-embedding parameter bytes, the on-disk bytes (the
 whole directory and the weights file alone) and the encode time (median of interleaved repeats, one thread).
+The last column loads the efficiency export as a user without mlembed does (``AutoModel.from_pretrained(DIR,
+trust_remote_code=True)`` in a fresh interpreter where importing mlembed is blocked) and divides its parameter
+bytes by the factor arithmetic: the compat model's bytes with the vocab x hidden matrix replaced by
+vocab x k + k x hidden.
 
     python benchmarks/bench_efficiency.py [--ranks 64 128 256 384] [--texts 256] [--repeats 5]
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +44,32 @@ def embedding_bytes(encoder: Embedder) -> int:
     """Bytes of the token-embedding parameters (the dense matrix, or the two factors)."""
     embedding = encoder.encoder.backbone.model.get_input_embeddings()
     return sum(p.numel() * p.element_size() for p in embedding.parameters())
+
+
+REMOTE_LOAD = r"""
+import importlib.abc, json, sys
+
+class NoMlembed(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "mlembed":
+            raise ImportError(name)
+
+sys.meta_path.insert(0, NoMlembed())
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+print(json.dumps(sum(p.numel() * p.element_size() for p in model.parameters())))
+"""
+
+
+def remote_parameter_bytes(directory: Path) -> int:
+    """Parameter bytes of the export as plain transformers loads it, in a fresh interpreter without mlembed."""
+    done = subprocess.run([sys.executable, "-c", REMOTE_LOAD, str(directory)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, check=True, cwd=directory.parent)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def parameter_bytes(encoder: Embedder) -> int:
+    return sum(p.numel() * p.element_size() for p in encoder.encoder.backbone.model.parameters())
 
 
 def encode_seconds(encoders: dict[str, Embedder], batch: list[str], repeats: int) -> dict[str, float]:
@@ -71,7 +103,8 @@ def main() -> None:
     print(f"all-MiniLM-L6-v2, vocab {module.encoder.backbone.vocab_size}, hidden {module.encoder.backbone.hidden_size}; "
           f"{len(batch)} texts, max_seq_length 128, median of {args.repeats}, 1 thread\n")
     header = (f"{'rank':>5} | {'emb MiB c/e':>13} {'ratio':>6} | {'dir MiB c/e':>13} {'ratio':>6} | "
-              f"{'weights ratio':>13} | {'encode s c/e':>13} {'ratio':>6} | {'max |diff|':>10}")
+              f"{'weights ratio':>13} | {'encode s c/e':>13} {'ratio':>6} | {'max |diff|':>10} | "
+              f"{'no-mlembed load / arithmetic':>29}")
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,12 +117,15 @@ def main() -> None:
             weights = (efficiency / FACTORIZED_WEIGHTS).stat().st_size / (compat / "model.safetensors").stat().st_size
             seconds = encode_seconds(encoders, batch, args.repeats)
             diff = (encoders["compat"].encode(batch[:64]) - encoders["efficiency"].encode(batch[:64])).abs().max()
+            vocab, hidden = module.encoder.backbone.vocab_size, module.encoder.backbone.hidden_size
+            arithmetic = parameter_bytes(encoders["compat"]) + (vocab * rank + rank * hidden - vocab * hidden) * 4
+            remote = remote_parameter_bytes(efficiency) / arithmetic
             mib = 2**20
             print(f"{rank:>5} | {emb['compat'] / mib:>6.1f}/{emb['efficiency'] / mib:<6.1f} "
                   f"{emb['efficiency'] / emb['compat']:>6.3f} | {disk['compat'] / mib:>6.1f}/"
                   f"{disk['efficiency'] / mib:<6.1f} {disk['efficiency'] / disk['compat']:>6.3f} | "
                   f"{weights:>13.3f} | {seconds['compat']:>6.2f}/{seconds['efficiency']:<6.2f} "
-                  f"{seconds['efficiency'] / seconds['compat']:>6.3f} | {diff.item():>10.2e}")
+                  f"{seconds['efficiency'] / seconds['compat']:>6.3f} | {diff.item():>10.2e} | {remote:>29.4f}")
 
 
 if __name__ == "__main__":

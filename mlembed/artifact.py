@@ -17,9 +17,20 @@ from typing import NamedTuple
 
 MANIFEST = "mlembed.json"
 """The file that marks a directory as an mlembed export and records its point."""
-FACTORIZED_WEIGHTS = "model.factorized.safetensors"
-"""Efficiency-mode weights: the backbone with its token embedding as MEL factors. Not named model.safetensors on
-purpose: a plain ``AutoModel.from_pretrained`` must fail on it rather than silently use a random embedding."""
+FACTORIZED_WEIGHTS = "model.safetensors"
+"""Efficiency-mode weights: the backbone with its token embedding as MEL factors. The export's config.json names
+its own modelling code (``auto_map``), so ``AutoModel.from_pretrained(DIR, trust_remote_code=True)`` builds the
+factorised model, and without ``trust_remote_code`` transformers refuses with a line that says so (it never
+silently fills the embedding at random)."""
+FACTORIZED_WEIGHTS_BEFORE = "model.factorized.safetensors"
+"""Where exports written before the custom code kept these weights (still read by ``mlembed.load``)."""
+REMOTE_MODEL_TYPE = "mlembed_factorized"
+"""config.json's ``model_type`` of an efficiency export (its own, so that transformers never builds the base
+architecture from it without the export's code)."""
+REMOTE_BASE_KEY = "base_model"
+"""config.json's entry for the base architecture's own config, read by that code and by ``mlembed.load``."""
+REMOTE_RANK_KEY = "mlembed_rank"
+"""config.json's entry for the factors' rank, read by the export's modelling code."""
 MODES = ("compat", "efficiency")
 #: sentence-transformers' name of each pooling (by mlembed class name) a compat export can express.
 ST_POOLING = {"LastTokenPooling": "lasttoken", "MeanPooling": "mean", "ClsPooling": "cls"}

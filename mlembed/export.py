@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from mlembed.artifact import (
     FACTORIZED_WEIGHTS,
     MANIFEST,
     MODES,
+    REMOTE_BASE_KEY,
+    REMOTE_MODEL_TYPE,
+    REMOTE_RANK_KEY,
     ST_POOLING,
     ExportManifest,
     Point,
@@ -45,6 +49,8 @@ from mlembed.paths import check_output, staged_directory
 ST_POOLING_KEYS = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens",
                    "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "lasttoken": "lasttoken"}
 #: Probe texts whose token ids must match between mlembed and the exported tokenizer.
+REMOTE_CODE = Path(__file__).parent / "remote" / "modeling_mlembed.py"
+"""The modelling code an efficiency export carries (it imports only torch and transformers)."""
 PROBES = ("Hello world", "Où est la gare ?", "a " * 600)
 
 
@@ -119,9 +125,9 @@ def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path) ->
     with deployable(encoder, point, dense=mode == "compat") as model:
         if mode == "compat":
             model.save_pretrained(directory)
-            _write_sentence_transformers(encoder, point, directory)
         else:
             _write_factorized(model, directory)
+        _write_sentence_transformers(encoder, point, directory)
     eos_in_tokenizer = _write_tokenizer(encoder, directory)
     _manifest(encoder, point, mode, eos_in_tokenizer).write(directory)
 
@@ -142,8 +148,17 @@ def _embedding_at(embedding: nn.Module, rank: int | None, dense: bool) -> nn.Mod
 
 
 def _write_factorized(model: nn.Module, directory: Path) -> None:
-    """Efficiency mode: the config and every weight, the token embedding as its factors A and B."""
-    model.config.save_pretrained(directory)
+    """Efficiency mode: the config and every weight, the token embedding as its factors A and B, and the modelling
+    code that builds that model in plain transformers (``trust_remote_code=True``), named in ``auto_map``."""
+    embedding = model.get_input_embeddings()
+    base = model.config.to_dict()
+    base.pop("transformers_version", None)
+    config = {"model_type": REMOTE_MODEL_TYPE, "architectures": ["MLEmbedFactorizedModel"],
+              "auto_map": {"AutoConfig": f"{REMOTE_CODE.stem}.MLEmbedFactorizedConfig",
+                           "AutoModel": f"{REMOTE_CODE.stem}.MLEmbedFactorizedModel"},
+              REMOTE_BASE_KEY: base, REMOTE_RANK_KEY: int(embedding.A.shape[1])}
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(REMOTE_CODE, directory / REMOTE_CODE.name)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(directory / FACTORIZED_WEIGHTS), metadata={"format": "pt", "mlembed": "factorized"})
 

@@ -12,6 +12,7 @@ read directly.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,15 @@ from typing import Any
 
 import torch
 
-from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest, PointGrid, resolve_point, warn_untrained
+from mlembed.artifact import (
+    FACTORIZED_WEIGHTS,
+    FACTORIZED_WEIGHTS_BEFORE,
+    REMOTE_BASE_KEY,
+    ExportManifest,
+    PointGrid,
+    resolve_point,
+    warn_untrained,
+)
 from mlembed.axes.mel import MEL
 from mlembed.backbone import BackboneConfig
 from mlembed.encoder import Encoder, encoder_state_keys, truncate_normalize
@@ -272,9 +281,13 @@ def _efficiency_encoder(directory: Path, manifest: ExportManifest) -> Encoder:
     from transformers import AutoConfig
 
     weights = directory / FACTORIZED_WEIGHTS
+    if not weights.is_file() and (directory / FACTORIZED_WEIGHTS_BEFORE).is_file():
+        weights = directory / FACTORIZED_WEIGHTS_BEFORE  # an export written before the custom code
     if not weights.is_file():
         raise FileNotFoundError(f"{directory} is an efficiency export without its weights file {weights.name}")
-    hf_config = AutoConfig.from_pretrained(directory)
+    written = json.loads((directory / "config.json").read_text())
+    # The base architecture's config: under the custom code's entry, or the whole file (exports before it).
+    hf_config = AutoConfig.for_model(**written.get(REMOTE_BASE_KEY, written))
     options = hf_config.to_diff_dict()
     options["model_type"] = hf_config.model_type
     dtype = str(getattr(hf_config, "dtype", None) or "float32").removeprefix("torch.")

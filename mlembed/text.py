@@ -104,7 +104,7 @@ def load_tokenizer(path: str):
     from mlembed.paths import split_hub_id
 
     if Path(path).exists():
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, **_base_config(Path(path)))
     parts = split_hub_id(path)
     if parts is None:
         raise FileNotFoundError(
@@ -113,3 +113,20 @@ def load_tokenizer(path: str):
         )
     repo_id, revision = parts
     return AutoTokenizer.from_pretrained(repo_id, revision=revision)
+
+
+def _base_config(directory: Path) -> dict:
+    """For an efficiency export, ``config=`` its base model's config: transformers reads a directory's config.json
+    before its tokenizer, and the export's own config needs the export's code (a prompt, or a warning, without
+    ``trust_remote_code``); the tokenizer is the base model's either way. Else nothing."""
+    import json
+
+    from transformers import AutoConfig
+
+    from mlembed.artifact import REMOTE_BASE_KEY, REMOTE_MODEL_TYPE
+
+    file = directory / "config.json"
+    written = json.loads(file.read_text()) if directory.is_dir() and file.is_file() else {}
+    if written.get("model_type") != REMOTE_MODEL_TYPE:
+        return {}
+    return {"config": AutoConfig.for_model(**written[REMOTE_BASE_KEY])}

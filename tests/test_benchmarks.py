@@ -130,3 +130,11 @@ def test_loader_tokens_benchmark_prints_tokens_per_worker_and_the_time_split():
     shares = re.findall(r"^    (tar reading|JSON decoding|tokenization|padding|hashing|shuffling).*?([\d.]+)%$", out,
                         re.MULTILINE)
     assert len(shares) == 6 and sum(float(v) for _, v in shares) >= 99, out
+
+
+def test_efficiency_benchmark_loads_the_export_without_mlembed_at_the_factor_arithmetic():
+    out = run(str(ROOT / "benchmarks/bench_efficiency.py"), "--ranks", "64", "--texts", "8", "--repeats", "1")
+    row = next(line for line in out.splitlines() if line.strip().startswith("64 |"))
+    embedding_ratio, remote = float(row.split("|")[1].split()[-1]), float(row.split("|")[-1])
+    assert 0.1 < embedding_ratio < 0.25  # 30,522 x 64 + 64 x 384 of 30,522 x 384
+    assert abs(remote - 1.0) < 0.02  # what plain transformers holds is the factorised model, not the dense one

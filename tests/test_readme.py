@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+import mlembed
 from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
 from mlembed.axes.mrl import MRL
@@ -122,6 +123,11 @@ def test_the_python_example_runs_on_an_efficiency_export_of_the_demo_model(tmp_p
     assert scope["vectors"].shape == (2, 128) and scope["small"].shape == (1, 64)
     for vectors in (scope["vectors"], scope["small"]):
         assert torch.allclose(torch.as_tensor(vectors).norm(dim=-1), torch.ones(len(vectors)), atol=1e-5)
+    # sentence-transformers and plain transformers, through the export's own code, give mlembed's vectors.
+    full = mlembed.load(path).encode(["Hello world", "Bonjour le monde"])
+    torch.testing.assert_close(torch.as_tensor(scope["same"]), full, rtol=0, atol=1e-5)
+    mean = scope["states"].mean(dim=1)  # one text, no padding: mean pooling is the plain mean
+    torch.testing.assert_close(torch.nn.functional.normalize(mean, dim=-1), full[:1], rtol=0, atol=1e-5)
 
 
 def _mlembed_argv(command: str) -> list[str]:
