@@ -129,7 +129,23 @@ def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path) ->
             _write_factorized(model, directory)
         _write_sentence_transformers(encoder, point, directory)
     eos_in_tokenizer = _write_tokenizer(encoder, directory)
-    _manifest(encoder, point, mode, eos_in_tokenizer).write(directory)
+    manifest = _manifest(encoder, point, mode, eos_in_tokenizer)
+    manifest.write(directory)
+    _declare_widths(directory, manifest.dims)
+
+
+def _declare_widths(directory: Path, dims: list[int]) -> None:
+    """Serving metadata: the widths the export was trained to serve, where serving stacks look for them.
+
+    ``config.json``'s ``matryoshka_dimensions`` and ``is_matryoshka`` are what stacks that honour a request's
+    ``dimensions`` read (vLLM's OpenAI-compatible embeddings endpoint, for one); a width not listed there is
+    refused by them rather than served untrained.
+    """
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config["is_matryoshka"] = len(dims) > 1
+    config["matryoshka_dimensions"] = sorted(dims)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @torch.no_grad()

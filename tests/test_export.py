@@ -235,3 +235,15 @@ def test_cli_main(bert_ckpt, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["--ckpt", str(bert_ckpt), "--out", str(tmp_path / "f"), "--depth", "9"]) == 2
     assert "--depth 9" in capsys.readouterr().err
+
+
+def test_every_export_declares_its_trained_widths_where_serving_stacks_read_them(trained):
+    _, module, _, compat, efficiency = trained
+    widths = sorted(d for d in module.encoder.points().dims if d <= POINT["dim"])
+    assert len(widths) > 1  # the tiny models train several MRL dims below the exported one
+    for directory in (compat, efficiency):
+        config = json.loads((directory / "config.json").read_text())
+        assert config["matryoshka_dimensions"] == widths and config["is_matryoshka"] is True
+        assert json.loads((directory / "mlembed.json").read_text())["dims"] == widths
+        st = json.loads((directory / "config_sentence_transformers.json").read_text())
+        assert st["truncate_dim"] == POINT["dim"]  # the exported width, below the hidden size
