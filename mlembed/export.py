@@ -127,11 +127,12 @@ def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path) ->
             model.save_pretrained(directory)
         else:
             _write_factorized(model, directory)
-        _write_sentence_transformers(encoder, point, directory)
+        if type(encoder.pooling).__name__ in ST_POOLING:  # sentence-transformers has no other pooling
+            _write_sentence_transformers(encoder, point, directory)
     eos_in_tokenizer = _write_tokenizer(encoder, directory)
     manifest = _manifest(encoder, point, mode, eos_in_tokenizer)
     manifest.write(directory)
-    _declare_widths(directory, manifest.dims)
+    _declare_widths(directory, sorted({*manifest.dims, point.dim}))  # the exported width, trained or not
 
 
 def _declare_widths(directory: Path, dims: list[int]) -> None:
@@ -169,10 +170,12 @@ def _write_factorized(model: nn.Module, directory: Path) -> None:
     embedding = model.get_input_embeddings()
     base = model.config.to_dict()
     base.pop("transformers_version", None)
+    dtype = str(base.get("dtype") or base.get("torch_dtype") or "float32").removeprefix("torch.")
     config = {"model_type": REMOTE_MODEL_TYPE, "architectures": ["MLEmbedFactorizedModel"],
               "auto_map": {"AutoConfig": f"{REMOTE_CODE.stem}.MLEmbedFactorizedConfig",
                            "AutoModel": f"{REMOTE_CODE.stem}.MLEmbedFactorizedModel"},
-              REMOTE_BASE_KEY: base, REMOTE_RANK_KEY: int(embedding.A.shape[1])}
+              REMOTE_BASE_KEY: base, REMOTE_RANK_KEY: int(embedding.A.shape[1]), "dtype": dtype,
+              **{key: base[key] for key in ("hidden_size", "num_hidden_layers", "vocab_size") if key in base}}
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     shutil.copyfile(REMOTE_CODE, directory / REMOTE_CODE.name)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}

@@ -104,7 +104,12 @@ def test_efficiency_matches_compat_and_counts_parameters(trained):
     assert dense.num_parameters() == expected + vocab * hidden - POINT["rank"] * (vocab + hidden)
     assert json.loads((efficiency / "config.json").read_text())["num_hidden_layers"] == POINT["depth"]
     assert ExportManifest.read(efficiency).rank == POINT["rank"]
-    assert not (efficiency / "model.safetensors").exists()  # plain transformers must not load it half-way
+    # Plain transformers must not load it half-way (the base class with a random embedding): unless the export's
+    # own code is allowed, it refuses and names the flag.
+    from transformers import AutoModel
+
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModel.from_pretrained(efficiency, trust_remote_code=False)
     assert (efficiency / FACTORIZED_WEIGHTS).stat().st_size < (compat / "model.safetensors").stat().st_size
     assert directory_bytes(efficiency) < directory_bytes(compat)
 

@@ -86,7 +86,7 @@ class Progress(RichProgressBar):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if self.lines and not trainer.sanity_checking:
+        if self.lines and not trainer.sanity_checking and trainer.is_global_zero:
             scores = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("val")}
             shown = " · ".join(f"{k} {_number(v)}" for k, v in scores.items())
             _say(f"validation at step {trainer.global_step}" + (f": {shown}" if shown else ""))
@@ -111,8 +111,8 @@ class Progress(RichProgressBar):
     def _total(trainer: Trainer) -> int | None:
         if trainer.max_steps and trainer.max_steps > 0:
             return trainer.max_steps
-        batches = trainer.num_training_batches
-        return int(batches) if batches != float("inf") else None
+        steps = trainer.estimated_stepping_batches  # optimizer steps of the run: accumulation and epochs counted
+        return int(steps) if steps != float("inf") else None
 
 
 class ModelSize(ModelSummary):

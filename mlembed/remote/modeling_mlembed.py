@@ -70,13 +70,18 @@ class MLEmbedFactorizedModel(PreTrainedModel):
 
     config_class = MLEmbedFactorizedConfig
     base_model_prefix = "model"
-    _no_split_modules: list[str] = []
+    _supports_sdpa = True  # attention runs in the base model, which gets the caller's choice
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: MLEmbedFactorizedConfig) -> None:
         super().__init__(config)
         base = dict(config.base_model)
+        for key in ("dtype", "torch_dtype"):  # the caller's dtype (from_pretrained's dtype=) decides, as usual
+            base.pop(key, None)
         inner = AutoConfig.for_model(base.pop("model_type"), **base)
-        self.model = AutoModel.from_config(inner)
+        attention = getattr(config, "_attn_implementation", None)
+        self.model = AutoModel.from_config(inner, **({"attn_implementation": attention} if attention else {}))
+        self._no_split_modules = list(getattr(self.model, "_no_split_modules", None) or [])
         dense = self.model.get_input_embeddings()
         self.model.set_input_embeddings(
             FactorizedTokenEmbedding(dense.num_embeddings, dense.embedding_dim, int(getattr(config, RANK_KEY))))

@@ -14,7 +14,7 @@ import torch
 import wandb
 
 import mlembed
-from mlembed.artifact import ExportManifest
+from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest
 from mlembed.callbacks import ModelExport
 from mlembed.cli.train import lightning_main
 from tests.distributed.common import launch
@@ -78,9 +78,9 @@ def test_the_export_is_logged_as_a_wandb_model_artifact(preset_run):
                                              "global_step": 6}
     files = {entry.path: entry for entry in artifact.manifest.contents}
     assert {"compat/model.safetensors", "compat/mlembed.json", "compat/modules.json", "efficiency/mlembed.json",
-            "efficiency/model.factorized.safetensors"} <= set(files)
+            f"efficiency/{FACTORIZED_WEIGHTS}"} <= set(files)
     # offline, wandb stages a copy of every file for a later `wandb sync`
-    staged = files["efficiency/model.factorized.safetensors"]
+    staged = files[f"efficiency/{FACTORIZED_WEIGHTS}"]
     assert Path(staged.local_path).stat().st_size == staged.size > 0
 
 
