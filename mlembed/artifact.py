@@ -31,6 +31,11 @@ REMOTE_BASE_KEY = "base_model"
 """config.json's entry for the base architecture's own config, read by that code and by ``mlembed.load``."""
 REMOTE_RANK_KEY = "mlembed_rank"
 """config.json's entry for the factors' rank, read by the export's modelling code."""
+REMOTE_TRAINED_KEYS = {"rank": "mlembed_ranks", "depth": "mlembed_depths"}
+"""config.json's entries for the trained ranks and depths an efficiency export serves per call (its code warns
+about any other value)."""
+REMOTE_POINT_KWARGS = ("mlembed_rank", "mlembed_depth")
+"""The keywords of the export's model (and of sentence-transformers' ``encode``) that choose the point per call."""
 MODES = ("compat", "efficiency")
 #: sentence-transformers' name of each pooling (by mlembed class name) a compat export can express.
 ST_POOLING = {"LastTokenPooling": "lasttoken", "MeanPooling": "mean", "ClsPooling": "cls"}

@@ -33,7 +33,9 @@ from mlembed.artifact import (
     MODES,
     REMOTE_BASE_KEY,
     REMOTE_MODEL_TYPE,
+    REMOTE_POINT_KWARGS,
     REMOTE_RANK_KEY,
+    REMOTE_TRAINED_KEYS,
     ST_POOLING,
     ExportManifest,
     Point,
@@ -128,24 +130,30 @@ def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path) ->
         else:
             _write_factorized(model, directory)
         if type(encoder.pooling).__name__ in ST_POOLING:  # sentence-transformers has no other pooling
-            _write_sentence_transformers(encoder, point, directory)
+            _write_sentence_transformers(encoder, point, directory, per_call=mode == "efficiency")
     eos_in_tokenizer = _write_tokenizer(encoder, directory)
     manifest = _manifest(encoder, point, mode, eos_in_tokenizer)
     manifest.write(directory)
-    _declare_widths(directory, sorted({*manifest.dims, point.dim}))  # the exported width, trained or not
+    _declare_points(directory, manifest)
 
 
-def _declare_widths(directory: Path, dims: list[int]) -> None:
-    """Serving metadata: the widths the export was trained to serve, where serving stacks look for them.
+def _declare_points(directory: Path, manifest: ExportManifest) -> None:
+    """Serving metadata: the points the export was trained to serve, where serving stacks and its code read them.
 
-    ``config.json``'s ``matryoshka_dimensions`` and ``is_matryoshka`` are what stacks that honour a request's
-    ``dimensions`` read (vLLM's OpenAI-compatible embeddings endpoint, for one); a width not listed there is
-    refused by them rather than served untrained.
+    ``config.json``'s ``matryoshka_dimensions`` (the exported width among them, trained or not) and
+    ``is_matryoshka`` are what stacks that honour a request's ``dimensions`` read (vLLM's OpenAI-compatible
+    embeddings endpoint, for one); a width not listed there is refused by them rather than served untrained. An
+    efficiency export also lists its trained ranks and depths, which its modelling code serves per call.
     """
     path = directory / "config.json"
     config = json.loads(path.read_text())
+    dims = sorted({*manifest.dims, manifest.dim})
     config["is_matryoshka"] = len(dims) > 1
-    config["matryoshka_dimensions"] = sorted(dims)
+    config["matryoshka_dimensions"] = dims
+    if manifest.mode == "efficiency":
+        grid = manifest.grid
+        config[REMOTE_TRAINED_KEYS["rank"]] = sorted(grid.ranks)
+        config[REMOTE_TRAINED_KEYS["depth"]] = sorted(grid.depths)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -221,7 +229,7 @@ def _append_eos_in_post_processor(tok, path: str) -> None:
     backend.post_processor = appender if existing is None else processors.Sequence([existing, appender])
 
 
-def _write_sentence_transformers(encoder: Encoder, point: Point, directory: Path) -> None:
+def _write_sentence_transformers(encoder: Encoder, point: Point, directory: Path, *, per_call: bool) -> None:
     """The sentence-transformers layout: Transformer (root) -> Pooling [-> Dense] -> Normalize.
 
     The module-type names and files are the long-standing ones that sentence-transformers 2.x to 6.x all read.
@@ -229,11 +237,14 @@ def _write_sentence_transformers(encoder: Encoder, point: Point, directory: Path
     so ``encode(texts)`` gives mlembed's unit vectors at the exported width. (sentence-transformers applies its
     own ``truncate_dim`` after every module, so a narrower width asked of ``encode`` needs
     ``normalize_embeddings=True`` to be unit length again; ``truncate_dim`` is still written, for tools that read
-    the width from it.)
+    the width from it.) ``per_call`` (the efficiency export) declares the keywords of the export's code that choose
+    the rank and depth, so that ``encode(texts, mlembed_rank=..., mlembed_depth=...)`` passes them to the model.
     """
     hidden = encoder.backbone.hidden_size
     names = ["Pooling"] + (["Dense"] if point.dim < hidden else []) + ["Normalize"]
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    if per_call:
+        modules[0]["kwargs"] = list(REMOTE_POINT_KWARGS)
     modules += [{"idx": i, "name": str(i), "path": f"{i}_{name}", "type": f"sentence_transformers.models.{name}"}
                 for i, name in enumerate(names, start=1)]
     mode = ST_POOLING[type(encoder.pooling).__name__]  # check_exportable refused any other pooling

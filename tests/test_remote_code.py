@@ -8,6 +8,7 @@ tokenizer appends); the loaded token embedding is the two factors at the exporte
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,9 +17,18 @@ import pytest
 import torch
 
 import mlembed
-from mlembed.artifact import REMOTE_BASE_KEY, REMOTE_MODEL_TYPE, REMOTE_RANK_KEY
+from mlembed.artifact import (
+    REMOTE_BASE_KEY,
+    REMOTE_MODEL_TYPE,
+    REMOTE_POINT_KWARGS,
+    REMOTE_RANK_KEY,
+    REMOTE_TRAINED_KEYS,
+    ExportManifest,
+)
 from mlembed.export import REMOTE_CODE, export
 from tests.test_export import POINT, TEXTS, fit_checkpoint
+
+SMALL = {"rank": 8, "depth": 1}  # a trained point below the export's, served per call by the same loaded model
 
 SCRIPT = r"""
 import importlib.abc, json, sys
@@ -41,6 +51,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
 directory, pooling, dim, texts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+small = json.loads(sys.argv[5])  # a smaller point, chosen per call: {"mlembed_rank": .., "mlembed_depth": ..}
 try:
     AutoModel.from_pretrained(directory)
     refused = ""
@@ -49,14 +60,30 @@ except Exception as err:  # transformers' refusal to run the export's code unask
 model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
 tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
 batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-with torch.no_grad():
-    states = model(**batch).last_hidden_state
 mask = batch["attention_mask"]
-if pooling == "mean":
-    pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-else:  # the last real token of each right-padded row
-    pooled = states[torch.arange(len(texts)), mask.sum(1) - 1]
-vectors = F.normalize(pooled[:, :dim], dim=-1)
+
+def vectors_at(**point):
+    with torch.no_grad():
+        states = model(**batch, **point).last_hidden_state
+    if pooling == "mean":
+        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    else:  # the last real token of each right-padded row
+        pooled = states[torch.arange(len(texts)), mask.sum(1) - 1]
+    return F.normalize(pooled[:, :dim], dim=-1)
+
+vectors = vectors_at()
+small_vectors = vectors_at(**small)
+again = vectors_at()  # the model is back at its own point after a per-call one
+refusals = []
+for point in ({"mlembed_depth": 99}, {"mlembed_rank": 0}):
+    try:
+        vectors_at(**point)
+    except ValueError as err:
+        refusals.append(str(err))
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    vectors_at(mlembed_rank=small["mlembed_rank"] + 1)
 embedding = model.get_input_embeddings()
 st = SentenceTransformer(directory, trust_remote_code=True, device="cpu")
 narrow = SentenceTransformer(directory, trust_remote_code=True, device="cpu", truncate_dim=dim // 2)
@@ -68,6 +95,12 @@ print("RESULT " + json.dumps({
     "depth": model.model.config.num_hidden_layers,
     "vectors": vectors.tolist(),
     "st": st.encode(texts, convert_to_numpy=True).tolist(),
+    "small": small_vectors.tolist(),
+    "again": again.tolist(),
+    "st_small": st.encode(texts, convert_to_numpy=True, normalize_embeddings=True, truncate_dim=dim // 2,
+                          **small).tolist(),
+    "refusals": refusals,
+    "warnings": [str(w.message) for w in caught],
     "st_narrow": narrow.encode(texts, convert_to_numpy=True, normalize_embeddings=True).tolist(),
 }))
 """
@@ -84,7 +117,8 @@ def exported(request, tmp_path_factory):
 def test_the_efficiency_export_loads_in_plain_transformers_and_sentence_transformers_without_mlembed(exported):
     pooling, directory = exported
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(directory), pooling, str(POINT["dim"]),
-                           json.dumps(TEXTS)], capture_output=True, text=True, cwd=directory.parent, timeout=300,
+                           json.dumps(TEXTS), json.dumps({"mlembed_rank": SMALL["rank"], "mlembed_depth": SMALL["depth"]})],
+                          capture_output=True, text=True, cwd=directory.parent, timeout=300,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.split("RESULT ", 1)[1])
@@ -99,6 +133,17 @@ def test_the_efficiency_export_loads_in_plain_transformers_and_sentence_transfor
     torch.testing.assert_close(torch.tensor(report["st"]), expected, rtol=0, atol=1e-5)
     narrow = model.encode(TEXTS, dim=POINT["dim"] // 2)
     torch.testing.assert_close(torch.tensor(report["st_narrow"]), narrow, rtol=0, atol=1e-5)
+    # One loaded model, a smaller point per call (no reload): the same vectors as mlembed at that point.
+    small = model.encode(TEXTS, **SMALL)
+    assert (small - expected).abs().max() > 1e-3  # a different model, not the full point again
+    torch.testing.assert_close(torch.tensor(report["small"]), small, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(report["again"]), expected, rtol=0, atol=0)
+    small_narrow = model.encode(TEXTS, **SMALL, dim=POINT["dim"] // 2)
+    torch.testing.assert_close(torch.tensor(report["st_small"]), small_narrow, rtol=0, atol=1e-5)
+    assert report["refusals"] == [f"mlembed_depth 99 is outside [1, {POINT['depth']}] (this export's depth)",
+                                  f"mlembed_rank 0 is outside [1, {POINT['rank']}] (this export's rank)"]
+    assert report["warnings"] == ["mlembed_rank 9 was never trained: this model was trained at ranks 8, 16, so the "
+                                  "quality there is untested"]
 
 
 def test_the_export_names_its_code_and_the_code_reads_the_rank_mlembed_writes(exported):
@@ -112,6 +157,15 @@ def test_the_export_names_its_code_and_the_code_reads_the_rank_mlembed_writes(ex
     assert f'RANK_KEY = "{REMOTE_RANK_KEY}"' in REMOTE_CODE.read_text()
     assert f'BASE_KEY = "{REMOTE_BASE_KEY}"' in REMOTE_CODE.read_text()
     assert f'MODEL_TYPE = "{REMOTE_MODEL_TYPE}"' in REMOTE_CODE.read_text() and config["model_type"] == REMOTE_MODEL_TYPE
+    code = importlib.util.spec_from_file_location("exported_code", REMOTE_CODE)
+    module = importlib.util.module_from_spec(code)
+    code.loader.exec_module(module)
+    assert module.TRAINED_KEYS == REMOTE_TRAINED_KEYS and tuple(
+        f"mlembed_{name}" for name in module.TRAINED_KEYS) == REMOTE_POINT_KWARGS
+    manifest = ExportManifest.read(directory)
+    assert config[REMOTE_TRAINED_KEYS["rank"]] == manifest.ranks and config[REMOTE_TRAINED_KEYS["depth"]] == manifest.depths
+    modules = json.loads((directory / "modules.json").read_text())
+    assert modules[0]["kwargs"] == list(REMOTE_POINT_KWARGS)  # sentence-transformers passes them to the model
     assert "mlembed" not in {line.split()[1].split(".")[0] for line in REMOTE_CODE.read_text().splitlines()
                              if line.startswith(("import ", "from "))}
 
@@ -119,7 +173,9 @@ def test_the_export_names_its_code_and_the_code_reads_the_rank_mlembed_writes(ex
 def test_a_compat_export_stays_plain(tmp_path):
     _, ckpt = fit_checkpoint("bert", tmp_path)
     compat = export(ckpt, tmp_path / "compat", mode="compat", **POINT)
-    assert "auto_map" not in json.loads((compat / "config.json").read_text())
+    config = json.loads((compat / "config.json").read_text())
+    assert "auto_map" not in config and REMOTE_TRAINED_KEYS["rank"] not in config
+    assert "kwargs" not in json.loads((compat / "modules.json").read_text())[0]
     assert not (compat / REMOTE_CODE.name).exists()
 
 

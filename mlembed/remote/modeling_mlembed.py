@@ -9,9 +9,19 @@
 build the exported architecture (its layers as exported) with the token embedding kept as its two MEL factors,
 ``A`` (vocab x rank) and ``B`` (rank x hidden): the memory saving of the export is kept in the loaded model. This
 file imports nothing of mlembed, on purpose: it is read by a plain transformers process.
+
+One loaded model serves every smaller trained point, per call and from the same weights:
+``model(**batch, mlembed_rank=64, mlembed_depth=2)`` runs the leading 64 ranks of the factors and the first two
+layers (the final norm, where the architecture has one, still applies), as mlembed trained that point; the
+sentence-transformers files declare both keywords, so ``SentenceTransformer.encode(texts, mlembed_rank=64,
+mlembed_depth=2, truncate_dim=128)`` does the same. Values outside the export are refused; values inside it that
+were never trained get one warning naming the trained ones.
 """
 
 from __future__ import annotations
+
+import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +34,8 @@ MODEL_TYPE = "mlembed_factorized"
 """The export's own ``model_type``."""
 BASE_KEY = "base_model"
 """The config entry holding the exported base architecture's own config (with its ``model_type``)."""
+TRAINED_KEYS = {"rank": "mlembed_ranks", "depth": "mlembed_depths"}
+"""The config entries listing the trained ranks and depths the export serves (for the untrained-point warning)."""
 
 
 class MLEmbedFactorizedConfig(PretrainedConfig):
@@ -55,6 +67,8 @@ class FactorizedTokenEmbedding(nn.Module):
         self.B = nn.Parameter(torch.empty(rank, embedding_dim))
         # Saved by mlembed's factors beside A and B (whether they were set from the SVD); read for completeness.
         self.register_buffer("initialized", torch.ones((), dtype=torch.bool))
+        self.active_rank = rank
+        """The leading ranks used by ``forward`` (MEL's nested factors: any prefix is a trained-for model)."""
 
     @property
     def weight(self) -> torch.Tensor:
@@ -62,7 +76,10 @@ class FactorizedTokenEmbedding(nn.Module):
         return self.A @ self.B
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.A) @ self.B
+        k = self.active_rank
+        if k == self.rank:
+            return F.embedding(input_ids, self.A) @ self.B
+        return F.embedding(input_ids, self.A)[..., :k] @ self.B[:k]
 
 
 class MLEmbedFactorizedModel(PreTrainedModel):
@@ -98,5 +115,59 @@ class MLEmbedFactorizedModel(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.model.set_input_embeddings(value)
 
-    def forward(self, input_ids=None, attention_mask=None, **kwargs):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def forward(self, input_ids=None, attention_mask=None, mlembed_rank: int | None = None,
+                mlembed_depth: int | None = None, **kwargs):
+        """The base model's outputs at (``mlembed_rank``, ``mlembed_depth``); None: the export's own value."""
+        with self.at_point(rank=mlembed_rank, depth=mlembed_depth):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    @contextlib.contextmanager
+    def at_point(self, *, rank: int | None = None, depth: int | None = None):
+        """Run the leading ``rank`` ranks of the factors and the first ``depth`` layers inside the context.
+
+        No weight is copied: the factors are sliced and the layer list is swapped for its prefix (with the config's
+        layer count and per-layer lists to match), then everything is put back.
+        """
+        embedding = self.get_input_embeddings()
+        rank = self._checked("rank", rank, embedding.rank)
+        parent, attr, layers = self._layer_list()
+        depth = self._checked("depth", depth, len(layers))
+        config = self.model.config
+        changes = {"num_hidden_layers": depth}
+        if isinstance(getattr(config, "layer_types", None), (list, tuple)):
+            changes["layer_types"] = list(config.layer_types)[:depth]
+        saved = {key: getattr(config, key) for key in changes}
+        embedding.active_rank = rank
+        if depth < len(layers):
+            setattr(parent, attr, nn.ModuleList(list(layers)[:depth]))
+        for key, value in changes.items():
+            setattr(config, key, value)
+        try:
+            yield self
+        finally:
+            embedding.active_rank = embedding.rank
+            setattr(parent, attr, layers)
+            for key, value in saved.items():
+                setattr(config, key, value)
+
+    def _checked(self, name: str, value: int | None, full: int) -> int:
+        if value is None:
+            return full
+        value = int(value)
+        if not 1 <= value <= full:
+            raise ValueError(f"mlembed_{name} {value} is outside [1, {full}] (this export's {name})")
+        trained = [v for v in getattr(self.config, TRAINED_KEYS[name], None) or [] if v]
+        if trained and value not in trained and value != full:
+            warnings.warn(f"mlembed_{name} {value} was never trained: this model was trained at {name}s "
+                          f"{', '.join(map(str, trained))}, so the quality there is untested", UserWarning,
+                          stacklevel=4)
+        return value
+
+    def _layer_list(self) -> tuple[nn.Module, str, nn.ModuleList]:
+        """The base model's list of transformer layers, found by its length (the same for every architecture)."""
+        target = int(self.model.config.num_hidden_layers)
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.ModuleList) and len(module) == target and len(module) > 0:
+                parent, _, attr = name.rpartition(".")
+                return self.model.get_submodule(parent), attr, module
+        raise ValueError(f"could not find the layer list of {type(self.model).__name__}")
