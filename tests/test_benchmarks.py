@@ -138,3 +138,22 @@ def test_efficiency_benchmark_loads_the_export_without_mlembed_at_the_factor_ari
     embedding_ratio, remote = float(row.split("|")[1].split()[-1]), float(row.split("|")[-1])
     assert 0.1 < embedding_ratio < 0.25  # 30,522 x 64 + 64 x 384 of 30,522 x 384
     assert abs(remote - 1.0) < 0.02  # what plain transformers holds is the factorised model, not the dense one
+
+
+def test_serving_benchmark_holds_one_model_for_every_point_and_times_each():
+    out = run(str(ROOT / "benchmarks/bench_serving.py"), "--texts", "8", "--repeats", "1")
+    ratio = next(line for line in out.splitlines() if line.strip().startswith("one/sep."))
+    parameters = float(ratio.split("|")[1])
+    # One full-point model (factors at rank 384, 6 layers) against five models at the points' own ranks and depths:
+    # exact parameter arithmetic, nothing timed.
+    vocab, hidden, layer = 30522, 384, 1_774_464  # all-MiniLM-L6-v2: one transformer layer's parameters
+    ranks, depths = (384, 128, 128, 64, 32), (6, 6, 4, 2, 2)
+    factors = [vocab * k + k * hidden for k in ranks]
+    rest = 512 * hidden + 2 * hidden + 2 * hidden + hidden * hidden + hidden  # positions, token types, norm, pooler
+    one = factors[0] + rest + 6 * layer
+    separate = sum(f + rest + d * layer for f, d in zip(factors, depths, strict=True))
+    assert parameters == pytest.approx(one / separate, abs=6e-4)  # printed to 3 decimals
+    rows = [line for line in out.splitlines() if re.match(r"^\s+\d+\s+\d+\s+\d+ \|", line)]
+    assert [tuple(map(int, row.split("|")[0].split())) for row in rows] == [
+        (384, 6, 384), (128, 6, 384), (128, 4, 128), (64, 2, 64), (32, 2, 64)]
+    assert float(rows[0].split("|")[2]) == 1.0  # the full point against itself
