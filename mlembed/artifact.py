@@ -36,6 +36,9 @@ REMOTE_TRAINED_KEYS = {"rank": "mlembed_ranks", "depth": "mlembed_depths"}
 about any other value)."""
 REMOTE_POINT_KWARGS = ("mlembed_rank", "mlembed_depth")
 """The keywords of the export's model (and of sentence-transformers' ``encode``) that choose the point per call."""
+RUN_LOG_KEY = "mlembed_run_log"
+"""The checkpoint entry in which ``mlembed.callbacks.RunLog`` records the run's logs and working directory (read
+by the model card of an export made from the checkpoint)."""
 MODES = ("compat", "efficiency")
 #: sentence-transformers' name of each pooling (by mlembed class name) a compat export can express.
 ST_POOLING = {"LastTokenPooling": "lasttoken", "MeanPooling": "mean", "ClsPooling": "cls"}

@@ -43,8 +43,9 @@ from mlembed.artifact import (
     warn_untrained,
 )
 from mlembed.axes.mel import FactorizedEmbedding
+from mlembed.card import TrainingRecord, prompts, write_card
 from mlembed.encoder import Encoder
-from mlembed.loading import load_checkpoint
+from mlembed.loading import encoder_from_checkpoint, read_checkpoint
 from mlembed.paths import check_output, staged_directory
 
 #: The legacy (sentence-transformers 2.x - 6.x) pooling-config key of each mode.
@@ -66,8 +67,9 @@ def export(
     depth: int | None = None,
     dim: int | None = None,
     overwrite: bool = False,
+    record: TrainingRecord | None = None,
 ) -> Path:
-    """Export ``source`` at (rank, depth, dim) into ``out_dir``.
+    """Export ``source`` at (rank, depth, dim) into ``out_dir``, with its model card.
 
     Args:
         source: a trained Encoder (an EmbeddingModule's ``encoder``; the module itself is accepted too), or
@@ -78,6 +80,8 @@ def export(
         depth: number of layers kept (default: all).
         dim: embedding size D (MRL prefix; default: the hidden size).
         overwrite: replace a non-empty ``out_dir``.
+        record: what the run recorded, for the model card and the prompts (default: read from the checkpoint
+            when ``source`` is one; none for an encoder or module given without it).
 
     Returns:
         The export directory.
@@ -86,21 +90,23 @@ def export(
         raise ValueError(f"--mode {mode!r} must be one of {MODES}")
     out = Path(out_dir)
     check_target(out, overwrite)
-    encoder = _encoder_of(source)
+    encoder, found = _encoder_of(source)
     point = check_exportable(encoder.shape(), (mode,), rank=rank, depth=depth, dim=dim)
     warn_untrained(encoder.points(), rank=rank, depth=depth, dim=dim)
     with staged_directory(out) as staging:
-        _write_export(encoder, point, mode, staging)
+        _write_export(encoder, point, mode, staging, record or found, name=out.name)
     return out
 
 
-def _encoder_of(source) -> Encoder:
+def _encoder_of(source) -> tuple[Encoder, TrainingRecord | None]:
+    """The encoder to export, and the run's record when ``source`` is a checkpoint (read once for both)."""
     if isinstance(source, Encoder):
-        return source.build()
+        return source.build(), None
     if isinstance(getattr(source, "encoder", None), Encoder):  # an EmbeddingModule
         source.configure_model()
-        return source.encoder
-    return load_checkpoint(source)
+        return source.encoder, None
+    checkpoint = read_checkpoint(source)
+    return encoder_from_checkpoint(checkpoint, source), TrainingRecord.from_checkpoint(source, checkpoint)
 
 
 @contextlib.contextmanager
@@ -122,19 +128,28 @@ def deployable(encoder: Encoder, point: Point, *, dense: bool) -> Iterator[nn.Mo
 
 
 # -- pieces of an export ----------------------------------------------------------------------------
-def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path) -> None:
-    """Every file of the export: weights and config, tokenizer, (compat) sentence-transformers files, manifest."""
+def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path, record: TrainingRecord | None, *,
+                  name: str) -> None:
+    """Every file of the export: weights and config, tokenizer, sentence-transformers files (with the trained
+    instructions as prompts), manifest, model card."""
+    prompt_map = prompts(record, encoder.instruction_template)
+    st = type(encoder.pooling).__name__ in ST_POOLING  # sentence-transformers has no other pooling
     with deployable(encoder, point, dense=mode == "compat") as model:
         if mode == "compat":
             model.save_pretrained(directory)
         else:
             _write_factorized(model, directory)
-        if type(encoder.pooling).__name__ in ST_POOLING:  # sentence-transformers has no other pooling
-            _write_sentence_transformers(encoder, point, directory, per_call=mode == "efficiency")
+        if st:
+            _write_sentence_transformers(encoder, point, directory, per_call=mode == "efficiency", prompts=prompt_map)
     eos_in_tokenizer = _write_tokenizer(encoder, directory)
     manifest = _manifest(encoder, point, mode, eos_in_tokenizer)
     manifest.write(directory)
     _declare_points(directory, manifest)
+    backbone = encoder.backbone.config
+    named = ((record.model.get("backbone") or {}).get("pretrained") if record else None) or backbone.pretrained
+    write_card(directory, manifest, record, name=name, trained=encoder.points(), base=backbone.pretrained if backbone.is_hub_id else None,
+               backbone=named or f"{(backbone.config or {}).get('model_type', 'a')} model, randomly initialised",
+               sentence_transformers=st, prompt_map=prompt_map)
 
 
 def _declare_points(directory: Path, manifest: ExportManifest) -> None:
@@ -229,7 +244,8 @@ def _append_eos_in_post_processor(tok, path: str) -> None:
     backend.post_processor = appender if existing is None else processors.Sequence([existing, appender])
 
 
-def _write_sentence_transformers(encoder: Encoder, point: Point, directory: Path, *, per_call: bool) -> None:
+def _write_sentence_transformers(encoder: Encoder, point: Point, directory: Path, *, per_call: bool,
+                                 prompts: dict[str, str]) -> None:
     """The sentence-transformers layout: Transformer (root) -> Pooling [-> Dense] -> Normalize.
 
     The module-type names and files are the long-standing ones that sentence-transformers 2.x to 6.x all read.
@@ -239,6 +255,7 @@ def _write_sentence_transformers(encoder: Encoder, point: Point, directory: Path
     ``normalize_embeddings=True`` to be unit length again; ``truncate_dim`` is still written, for tools that read
     the width from it.) ``per_call`` (the efficiency export) declares the keywords of the export's code that choose
     the rank and depth, so that ``encode(texts, mlembed_rank=..., mlembed_depth=...)`` passes them to the model.
+    ``prompts`` (``{source: the text before a query}``) are the instructions the model was trained with.
     """
     hidden = encoder.backbone.hidden_size
     names = ["Pooling"] + (["Dense"] if point.dim < hidden else []) + ["Normalize"]
@@ -250,7 +267,7 @@ def _write_sentence_transformers(encoder: Encoder, point: Point, directory: Path
     mode = ST_POOLING[type(encoder.pooling).__name__]  # check_exportable refused any other pooling
     pooling = {"word_embedding_dimension": hidden}
     pooling |= {f"pooling_mode_{key}": name == mode for name, key in ST_POOLING_KEYS.items()}
-    config = {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None}
+    config = {"similarity_fn_name": "cosine", "prompts": prompts, "default_prompt_name": None}
     files = {
         "modules.json": modules,
         "sentence_bert_config.json": {"max_seq_length": encoder.text_tokenizer.max_seq_length, "do_lower_case": False},

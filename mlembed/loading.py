@@ -224,16 +224,28 @@ def load_checkpoint(path: str | os.PathLike) -> Encoder:
     ``path`` is a checkpoint file or the directory of a sharded (FSDP) checkpoint, whose model shards are merged
     in memory. Checkpoints of the layout before the encoder split (state keys ``backbone.*``) load too.
     """
+    return encoder_from_checkpoint(read_checkpoint(path), path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The entries of a Lightning checkpoint file, or of a sharded checkpoint directory with its shards merged."""
     path = Path(path)
     if path.is_dir() and not is_sharded_checkpoint(path):
         raise FileNotFoundError(f"checkpoint {path} is a directory but not a sharded Lightning checkpoint")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = consolidate(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=False)
+        return consolidate(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch.load raises many kinds; all mean the file is unusable
+        raise ValueError(f"checkpoint {path} could not be read as an mlembed EmbeddingModule: {err}") from err
+
+
+def encoder_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Encoder:
+    """The trained Encoder that a checkpoint's entries (:func:`read_checkpoint`) hold; ``path`` names it in errors."""
+    try:
         encoder = encoder_from_hparams(checkpoint["hyper_parameters"])
         encoder.load_state_dict(encoder_state_keys(checkpoint["state_dict"], prefix=""), strict=True)
-    except Exception as err:  # torch.load and the settings raise many kinds; all mean the file is unusable
+    except Exception as err:  # the settings raise many kinds; all mean the file is unusable
         raise ValueError(f"checkpoint {path} could not be read as an mlembed EmbeddingModule: {err}") from err
     factors = encoder.factorized_embedding
     if factors is not None:

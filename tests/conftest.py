@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +70,37 @@ def tiny_shards(tmp_path_factory) -> dict[str, Path]:
     from tests.robustness.tiny_run import build_shards
 
     return build_shards(tmp_path_factory.mktemp("tiny_shards"))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m mlembed ARGS`` in ``workdir``, asserted to succeed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "mlembed", *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    """A scratch directory holding the demo data where the configs expect it (built once, ~10 s)."""
+    from mlembed.demo.data import build_demo
+
+    root = tmp_path_factory.mktemp("cli-runs")
+    build_demo(root / "data" / "demo")
+    return root
+
+
+TINY_GRID = {"class_path": "mlembed.callbacks.GridEvaluation", "init_args": {"tasks": ["lee"], "caps": {"max_sts_pairs": 64}}}
+"""A small evaluation grid (Lee STS, 64 pairs) for the tiny Qwen3 run: under a second on CPU."""
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_run(workdir) -> subprocess.CompletedProcess:
+    """``configs/tiny_qwen3.yaml`` through both stages (2 + 2 steps) in ``workdir``, a small grid at the end."""
+    return run_cli(workdir, "fit", "--config", str(ROOT / "configs" / "tiny_qwen3.yaml"), "--data.stage1.steps=2",
+                   "--data.stage2.steps=2", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=1",
+                   f"--trainer.callbacks+={json.dumps(TINY_GRID)}")

@@ -13,19 +13,15 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from mlembed.cli import main
-from mlembed.demo.data import build_demo
 from mlembed.loading import load_checkpoint
+from tests.conftest import run_cli
 from tests.robustness.tiny_run import FIXTURES, ROOT, callback, checkpoint_every_step, fit_args
 
 SWITCHES = list(itertools.product([True, False], repeat=3))
@@ -82,20 +78,6 @@ def test_validate_test_and_predict_run_on_a_trained_checkpoint(tiny_shards, tmp_
                                rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """A scratch directory holding the demo data where the configs expect it (built once, ~10 s)."""
-    root = tmp_path_factory.mktemp("cli-runs")
-    build_demo(root / "data" / "demo")
-    return root
-
-
-def run_cli(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "mlembed", *args], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
 
 
 def test_demo_config_builds_its_data_and_runs_with_fast_dev_run(tmp_path):
@@ -118,9 +100,8 @@ def test_demo_config_builds_its_data_and_runs_with_fast_dev_run(tmp_path):
     assert_quiet(done.stderr)
 
 
-def test_tiny_qwen3_config_runs_the_decoder_path_through_both_stages(workdir):
-    done = run_cli(workdir, "fit", "--config", str(ROOT / "configs" / "tiny_qwen3.yaml"), "--data.stage1.steps=2",
-            "--data.stage2.steps=2", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=1")
+def test_tiny_qwen3_config_runs_the_decoder_path_through_both_stages(workdir, tiny_qwen3_run):
+    done = tiny_qwen3_run
     metrics = next((workdir / "runs" / "tiny_qwen3").glob("**/metrics.csv"))
     rows = list(csv.DictReader(metrics.open()))
     steps = [r for r in rows if r.get("train/loss")]

@@ -14,6 +14,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, St
 from lightning.pytorch.utilities import rank_zero_info
 
 from mlembed.artifact import MODES, Point, check_exportable
+from mlembed.card import TrainingRecord
 from mlembed.export import check_target, directory_bytes, export
 
 Mode = Literal["compat", "efficiency"]
@@ -87,10 +88,11 @@ class ModelExport(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         out = self.output_dir(trainer)  # on every rank (collective)
+        record = TrainingRecord.from_trainer(trainer, pl_module)  # on every rank: trainer.log_dir is a collective
         if _is_sharded(trainer.strategy):
-            self._export_sharded(trainer, pl_module, out)
+            self._export_sharded(trainer, pl_module, out, record)
         elif trainer.is_global_zero:
-            self._export(pl_module, out)
+            self._export(pl_module, out, record)
         if trainer.is_global_zero:
             self.exported = out
             rank_zero_info(f"ModelExport: {self.modes} at {self.point} in {out} "
@@ -124,20 +126,20 @@ class ModelExport(Callback):
             return {self.mode: out}
         return {mode: out / mode for mode in self.modes}
 
-    def _export(self, source: LightningModule | Path, out: Path) -> None:
+    def _export(self, source: LightningModule | Path, out: Path, record: TrainingRecord) -> None:
         """Export ``source`` (the module, or a checkpoint file) in every mode."""
         point = self.point
         for mode, target in self._targets(out).items():
             export(source, target, mode=mode, rank=point.rank, depth=point.depth, dim=point.dim,
-                   overwrite=self.overwrite)
+                   overwrite=self.overwrite, record=record)
 
-    def _export_sharded(self, trainer: Trainer, pl_module: LightningModule, out: Path) -> None:
+    def _export_sharded(self, trainer: Trainer, pl_module: LightningModule, out: Path, record: TrainingRecord) -> None:
         """FSDP: the shards are gathered into a whole checkpoint on rank 0, which is exported, then removed."""
         checkpoint = _gather_checkpoint(trainer, pl_module, out.parent)  # every rank: gathering is a collective
         if checkpoint is None:
             return
         try:
-            self._export(checkpoint, out)
+            self._export(checkpoint, out, record)
         finally:
             shutil.rmtree(checkpoint.parent, ignore_errors=True)
 

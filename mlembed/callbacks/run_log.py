@@ -11,13 +11,16 @@ already seen are not logged twice. Other loggers keep Lightning's behaviour (a n
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-KEY = "mlembed_run_log"
-"""The checkpoint entry that records the run's log folders."""
+from mlembed.artifact import RUN_LOG_KEY
+
+KEY = RUN_LOG_KEY
+"""The checkpoint entry that records the run's log folders and working directory."""
 
 
 class RunLog(Callback):
@@ -26,7 +29,8 @@ class RunLog(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         checkpoint[KEY] = {"csv": [{"root_dir": str(logger.root_dir), "version": logger.version}
                                    for logger in trainer.loggers if isinstance(logger, CSVLogger)],
-                           "wandb": [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]}
+                           "wandb": [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)],
+                           "cwd": os.getcwd()}  # where the run's relative paths (its shards) resolve
 
 
 def continue_log(trainer: Trainer, checkpoint: dict) -> list[Path]:

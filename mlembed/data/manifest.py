@@ -13,6 +13,8 @@ from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
 """File name of the manifest inside a shard directory."""
+INSTRUCTION_TEXTS = 16
+"""How many distinct instructions a shard's manifest entry keeps (a source has one or a few)."""
 
 
 @dataclass
@@ -34,6 +36,11 @@ class ShardInfo:
     sha256: str | None = None
     """SHA-256 of the shard file, computed while it was written (absent in manifests written before checksums
     were recorded: those shards are checked by sample count only)."""
+    instruction_texts: dict[str, int] | None = None
+    """The shard's distinct instructions and how many samples carry each (the first ``INSTRUCTION_TEXTS`` of
+    them): the prompts a trained model's export declares. Absent in manifests written before they were kept."""
+    languages: dict[str, int] | None = None
+    """Samples per language tag, of the records that named their languages (absent when none did)."""
 
 
 @dataclass
@@ -62,6 +69,25 @@ class ShardManifest:
             entry["shards"].append(shard.path)
         return out
 
+    def instructions(self, split: str = "train") -> dict[str, dict[str, int]]:
+        """``{source: {instruction: samples}}`` of the instructions the shards of ``split`` recorded."""
+        out: dict[str, dict[str, int]] = {}
+        for shard in self.shards:
+            if shard.split == split and shard.instruction_texts:
+                counts = out.setdefault(shard.source, {})
+                for text, count in shard.instruction_texts.items():
+                    counts[text] = counts.get(text, 0) + count
+        return out
+
+    def languages(self, split: str = "train") -> dict[str, int]:
+        """Samples per language tag over the shards of ``split`` (records that named no language are not counted)."""
+        out: dict[str, int] = {}
+        for shard in self.shards:
+            if shard.split == split:
+                for tag, count in (shard.languages or {}).items():
+                    out[tag] = out.get(tag, 0) + count
+        return out
+
     def tasks(self) -> dict[str, int]:
         """Training samples per task."""
         out: dict[str, int] = {}
@@ -76,6 +102,8 @@ class ShardManifest:
         data["sources"] = self.sources()
         data["tasks"] = self.tasks()
         data["samples"] = sum(s.samples for s in self.shards if s.split == "train")
+        if self.languages():
+            data["languages"] = self.languages()
         if any(s.split == "val" for s in self.shards):
             data["val_sources"] = self.sources("val")
         return data

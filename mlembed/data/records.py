@@ -1,6 +1,6 @@
 """One training record: its fields, their validation, and reading records from JSONL or parquet files.
 
-A record is ``{id?, query, positive, negatives: [...], instruction?, source, task}``. Every error names the
+A record is ``{id?, query, positive, negatives: [...], instruction?, source, task, languages?}``. Every error names the
 file and line (parquet: the 1-based row) so a bad record in a 10 GB file can be found and fixed.
 """
 
@@ -16,6 +16,8 @@ from mlembed.batch import TASKS
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 """Source names become shard file names, so they may not hold slashes, spaces or other odd characters."""
+LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+"""A language tag: an ISO 639 code, optionally with BCP 47 subtags (``en``, ``pt-BR``, ``zh_Hans``)."""
 NOT_UTF8 = re.compile("[\udc80-\udcff]")
 """A byte that is not UTF-8, as ``errors="surrogateescape"`` decodes it."""
 
@@ -53,6 +55,9 @@ class Record:
     """Mined hard negatives (may be empty)."""
     instruction: str | None = None
     """Task instruction prepended to the query in stages that use instructions."""
+    languages: list[str] = field(default_factory=list)
+    """Language tags of the record's texts (optional): counted in the shard manifest, from which a model card
+    lists the training languages; not stored in the shard samples (training has no use for them)."""
 
     def to_json(self) -> dict:
         """The record as a JSON-ready dict."""
@@ -87,6 +92,20 @@ def _negatives(obj: dict, file: str, line: int) -> list[str]:
     return values
 
 
+def _languages(obj: dict, file: str, line: int) -> list[str]:
+    values = obj.get("languages", obj.get("language"))
+    if values is None:
+        return []
+    values = [values] if isinstance(values, str) else values
+    if not isinstance(values, (list, tuple)) and not hasattr(values, "tolist"):
+        raise RecordError(file, line, f"field 'languages' must be a list of language tags, got {type(values).__name__}")
+    values = list(values.tolist() if hasattr(values, "tolist") else values)
+    for value in values:
+        if not isinstance(value, str) or not LANGUAGE_CODE.match(value):
+            raise RecordError(file, line, f"language {value!r} is not a language tag (ISO 639, like 'en' or 'pt-BR')")
+    return values
+
+
 def parse_record(obj: object, file: str, line: int) -> Record:
     """Validate one decoded record.
 
@@ -117,6 +136,7 @@ def parse_record(obj: object, file: str, line: int) -> Record:
     return Record(
         id=rid, query=_text(obj, "query", file, line), positive=_text(obj, "positive", file, line),
         source=source, task=task, negatives=_negatives(obj, file, line), instruction=instruction,
+        languages=_languages(obj, file, line),
     )
 
 

@@ -30,7 +30,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from mlembed.data.checksum import HashedFile
-from mlembed.data.manifest import MANIFEST_NAME, ShardInfo, ShardManifest
+from mlembed.data.manifest import INSTRUCTION_TEXTS, MANIFEST_NAME, ShardInfo, ShardManifest
 from mlembed.data.records import Record, RecordError, has_records, read_records
 from mlembed.paths import check_output, replace_directory
 
@@ -108,6 +108,8 @@ class _SourceWriter:
         self.directory = directory
         self.counts: dict[str, int] = {}
         self.instructions: dict[str, int] = {}
+        self.instruction_texts: dict[str, dict[str, int]] = {}
+        self.languages: dict[str, dict[str, int]] = {}
         # Imported here: webdataset imports torch (~250 MB, seconds), which a parent that only hands sources to
         # worker processes never needs.
         import webdataset as wds
@@ -132,7 +134,8 @@ class _SourceWriter:
         name = f"{self.subdir}/{Path(final).name}" if self.subdir else Path(final).name
         self.manifest.shards.append(
             ShardInfo(name, self.source, self.task, self.counts.pop(fname, 0), self.instructions.pop(fname, 0),
-                      self.split, file.hexdigest()))
+                      self.split, file.hexdigest(), self.instruction_texts.pop(fname, None),
+                      self.languages.pop(fname, None)))
 
     def write(self, record: Record) -> None:
         if record.task != self.task:
@@ -140,8 +143,15 @@ class _SourceWriter:
         self.writer.write({"__key__": f"{self.index:09d}", "json": record.to_json()})
         self.index += 1
         self.counts[self.writer.fname] = self.counts.get(self.writer.fname, 0) + 1
+        fname = self.writer.fname
         if record.instruction:
-            self.instructions[self.writer.fname] = self.instructions.get(self.writer.fname, 0) + 1
+            self.instructions[fname] = self.instructions.get(fname, 0) + 1
+            texts = self.instruction_texts.setdefault(fname, {})
+            if record.instruction in texts or len(texts) < INSTRUCTION_TEXTS:
+                texts[record.instruction] = texts.get(record.instruction, 0) + 1
+        for tag in record.languages:
+            counts = self.languages.setdefault(fname, {})
+            counts[tag] = counts.get(tag, 0) + 1
 
     def close(self) -> None:
         self.writer.close()

@@ -185,6 +185,21 @@ def mine_negatives(positive: str, pool: list[str], k: int, rng: random.Random) -
     return rng.sample(candidates, min(k, len(candidates)))
 
 
+#: The language tag of each chatterbot-corpus folder (hinglish: Hindi written in Latin letters, mixed with English).
+CHATTERBOT_LANGUAGES = {
+    "bengali": "bn", "chinese": "zh-Hans", "dutch": "nl", "english": "en", "french": "fr", "german": "de",
+    "hebrew": "he", "hindi": "hi", "hinglish": "hi-Latn", "indonesian": "id", "italian": "it", "japanese": "ja",
+    "korean": "ko", "marathi": "mr", "oriya": "or", "persian": "fa", "portuguese": "pt", "russian": "ru",
+    "spanish": "es", "swedish": "sv", "tamil": "ta", "telugu": "te", "thai": "th", "traditionalchinese": "zh-Hant",
+    "turkish": "tr", "ukrainian": "uk", "urdu": "ur", "yoruba": "yo",
+}
+
+
+def locale_tag(locale: str) -> str:
+    """A Django locale folder name as a language tag: ``pt_BR`` -> ``pt-BR``."""
+    return locale.replace("_", "-")
+
+
 def _language_names() -> dict[str, str]:
     try:
         from django.conf.locale import LANG_INFO
@@ -205,7 +220,8 @@ class _Builder:
         self.held: set[str] = set()
 
     def pairs(self, name: str, key: str, pairs: list[tuple[str, str]], task: str,
-              instruction: str | None, split: str, held: bool, limit: int | None = None) -> None:
+              instruction: str | None, split: str, held: bool, limit: int | None = None,
+              languages: list[str] | None = None) -> None:
         """Add (query, positive) pairs as records of ``split`` with negatives mined among the positives."""
         pool = sorted({p for _, p in pairs}, key=lambda t: (len(t), t))
         if limit is not None and limit < len(pairs):
@@ -213,7 +229,8 @@ class _Builder:
         for i, (query, positive) in enumerate(pairs):
             negatives = mine_negatives(positive, pool, self.settings.negatives, self.rng)
             rid = f"{name}:{key}:{i}" + (":val" if held else "")
-            self.splits[split].append(Record(rid, query, positive, name, task, negatives, instruction))
+            self.splits[split].append(Record(rid, query, positive, name, task, negatives, instruction,
+                                             list(languages or [])))
 
     def translations(self, by_locale: dict[str, list[tuple[str, str]]]) -> None:
         groups = {loc: script_of([t for _, t in pairs]) for loc, pairs in by_locale.items()}
@@ -226,26 +243,29 @@ class _Builder:
                                     for i, (s, t) in enumerate(held[loc])]
         for loc in by_locale:
             train[loc] = [p for p in train[loc] if not self.held.intersection(p)]
-        self._per_group(train, held, groups, "translate", "bitext", TRANSLATE_INSTRUCTION)
+        self._per_group(train, held, groups, "translate", "bitext", TRANSLATE_INSTRUCTION,
+                        {loc: ["en", locale_tag(loc)] for loc in by_locale})
         self._langid(train, held, groups)
 
-    def _per_group(self, train, held, groups, prefix: str, task: str, instruction: str) -> None:
+    def _per_group(self, train, held, groups, prefix: str, task: str, instruction: str,
+                   languages: dict[str, list[str]]) -> None:
         val_left: Counter = Counter()
         for key in train:
             group = groups[key]
+            tags = languages.get(key)
             stage1 = task == "bitext"  # translation pairs feed both stages; dialogues only stage 2
             if stage1:
-                self.pairs(f"{prefix}-{group}", key, train[key], task, None, "stage1/train", False)
+                self.pairs(f"{prefix}-{group}", key, train[key], task, None, "stage1/train", False, languages=tags)
             limit = self.settings.stage2_translations if stage1 else None
             self.pairs(f"{prefix}-instr-{group}" if stage1 else f"{prefix}-{group}", key, train[key], task,
-                       instruction, "stage2/train", False, limit)
+                       instruction, "stage2/train", False, limit, tags)
             take = max(0, self.settings.val_per_source - val_left[group])
             take = min(take, max(1, self.settings.val_per_source // 8))  # spread validation over the locales
             val_left[group] += min(take, len(held[key]))
             if stage1:
-                self.pairs(f"{prefix}-{group}", key, held[key], task, None, "stage1/val", True, take)
+                self.pairs(f"{prefix}-{group}", key, held[key], task, None, "stage1/val", True, take, tags)
             self.pairs(f"{prefix}-instr-{group}" if stage1 else f"{prefix}-{group}", key, held[key], task,
-                       instruction, "stage2/val", True, take)
+                       instruction, "stage2/val", True, take, tags)
 
     def _langid(self, train, held, groups) -> None:
         names = _language_names()
@@ -260,7 +280,7 @@ class _Builder:
                 negatives += self.rng.sample(far, min(len(far), 3 - len(negatives)))
                 self.splits["stage2/train"].append(
                     Record(f"langid:{loc}:{i}", text, labels[loc], "langid", "classification", negatives,
-                           LANGID_INSTRUCTION))
+                           LANGID_INSTRUCTION, [locale_tag(loc), "en"]))
 
     def dialogues(self, by_lang: dict[str, list[tuple[str, str]]]) -> None:
         groups = {lang: script_of([r for _, r in pairs]) for lang, pairs in by_lang.items()}
@@ -272,7 +292,8 @@ class _Builder:
                                       for i, (q, r) in enumerate(held[lang])]
         for lang, pairs in by_lang.items():
             train[lang] = [p for p in pairs if not _held_out(p[0], self.settings) and not self.held.intersection(p)]
-        self._per_group(train, held, groups, "dialogue", "retrieval", DIALOGUE_INSTRUCTION)
+        self._per_group(train, held, groups, "dialogue", "retrieval", DIALOGUE_INSTRUCTION,
+                        {lang: [CHATTERBOT_LANGUAGES[lang]] for lang in by_lang if lang in CHATTERBOT_LANGUAGES})
 
     def scrub(self) -> None:
         """Drop every held-out text from the training splits (also where another locale reused it)."""

@@ -16,6 +16,7 @@ import wandb
 import mlembed
 from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest
 from mlembed.callbacks import ModelExport
+from mlembed.data.manifest import ShardManifest
 from mlembed.cli.train import lightning_main
 from tests.distributed.common import launch
 from tests.helpers import POSITIVES, QUERIES
@@ -59,7 +60,7 @@ def preset_run(shards, tmp_path_factory) -> dict:
     return {"root": root, "module": module}
 
 
-def test_the_preset_exports_both_modes_that_encode_like_the_trained_module(preset_run):
+def test_the_preset_exports_both_modes_that_encode_like_the_trained_module(preset_run, shards):
     root, module = preset_run["root"], preset_run["module"]
     (export,) = (root / "export").iterdir()  # the default with wandb: save_dir/export/<run id>, one per run
     assert export.name.isalnum() and len(export.name) >= 6  # a wandb run id
@@ -69,6 +70,12 @@ def test_the_preset_exports_both_modes_that_encode_like_the_trained_module(prese
         assert (manifest.mode, manifest.rank, manifest.depth, manifest.dim) == (mode, 32, 2, 32)
         got = mlembed.load(export / mode).encode(TEXTS)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        # The card, from the run in memory: its data (the shards' manifests) and the steps it took.
+        card = (export / mode / "README.md").read_text()
+        assert "- optimizer steps taken: 6\n" in card
+        for number, stage in ((1, "stage1"), (2, "stage2")):
+            for source, info in ShardManifest.load(shards[stage]).sources().items():
+                assert f"| {number} | {source} | {info['task']} | {info['samples']:,} |" in card
 
 
 def test_the_export_is_logged_as_a_wandb_model_artifact(preset_run):

@@ -46,6 +46,19 @@ def test_both_stages_get_shards(demo):
     assert all(row["instruction"] is None for row in samples_of(demo.path("stage1/train"))[:200])
 
 
+def test_the_manifests_name_the_languages_and_instructions_of_the_demo(demo):
+    stage1 = ShardManifest.load(demo.path("stage1/train"))
+    stage2 = ShardManifest.load(demo.path("stage2/train"))
+    # Django locales (pt_BR as pt-BR) against English, chatterbot folders by their language's tag.
+    assert set(stage1.languages()) == {"en", "de", "fr", "ru", "ja", "ar", "pt-BR"}
+    assert stage1.languages()["en"] == sum(e["samples"] for e in stage1.sources().values())
+    assert {"es", "ru", "en"} <= set(stage2.languages()) and "english" not in stage2.languages()
+    assert stage1.instructions() == {}  # stage 1 trains without instructions
+    instructions = stage2.instructions()
+    assert set(instructions) == set(stage2.sources())
+    assert instructions["langid"] == {"Identify the language of the given text": stage2.sources()["langid"]["samples"]}
+
+
 def test_eval_files_have_the_agreed_format(demo):
     bitext, dialogue = read_jsonl(demo.path("eval/bitext.jsonl")), read_jsonl(demo.path("eval/dialogue.jsonl"))
     assert bitext and dialogue

@@ -39,6 +39,32 @@ def test_manifest_counts_every_source_and_shard(shard_dir):
     assert written["tasks"] == {"retrieval": 60, "clustering": 40, "sts": 20}
 
 
+def test_manifest_keeps_each_shards_instructions_and_languages_but_samples_stay_as_they_were(tmp_path):
+    rows = [{**GOOD, "id": f"a{i}", "instruction": f"task {i % 3}", "languages": ["en", "pt-BR"]} for i in range(9)]
+    rows += [{**GOOD, "id": f"b{i}", "source": "t", "language": "de"} for i in range(4)]  # one tag, no instruction
+    rows += [{**GOOD, "id": f"c{i}", "source": "u", "instruction": f"many {i}"} for i in range(40)]
+    manifest = write_shards([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", shard_size=5)
+    assert manifest.instructions() == {"s": {"task 0": 3, "task 1": 3, "task 2": 3},
+                                       "u": {f"many {i}": 1 for i in range(40)}}  # 16 per shard of 5: all kept
+    assert manifest.languages() == {"en": 9, "pt-BR": 9, "de": 4}
+    shards = {shard.path: shard for shard in manifest.shards}
+    assert shards["s-000000.tar"].instruction_texts == {"task 0": 2, "task 1": 2, "task 2": 1}  # rows 0-4
+    assert shards["t-000000.tar"].instruction_texts is None and shards["t-000000.tar"].languages == {"de": 4}
+    written = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert written["languages"] == {"en": 9, "pt-BR": 9, "de": 4}
+    assert ShardManifest.load(tmp_path / "out").instructions() == manifest.instructions()  # read back
+    sample = next(iter(read_samples([str(tmp_path / "out" / "s-000000.tar")])))
+    assert "languages" not in sample and "language" not in sample  # training reads the same samples as before
+
+
+def test_a_shards_manifest_keeps_its_first_distinct_instructions(tmp_path):
+    rows = [{**GOOD, "id": str(i), "instruction": f"instruction {i % 20}"} for i in range(40)]
+    manifest = write_shards([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", shard_size=100)
+    (shard,) = manifest.shards
+    assert shard.instructions == 40  # every sample with one is counted
+    assert shard.instruction_texts == {f"instruction {i}": 2 for i in range(16)}  # the first 16 texts are listed
+
+
 def test_parquet_input_gives_the_same_samples(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -59,6 +85,9 @@ BAD = [
     ({**GOOD, "negatives": "n"}, "field 'negatives' must be a list"),
     ({**GOOD, "task": "ranking"}, "unknown task 'ranking'"),
     ({**GOOD, "source": "a/b"}, "source 'a/b' may only hold"),
+    ({**GOOD, "languages": ["en", "English"]}, "language 'English' is not a language tag"),
+    ({**GOOD, "languages": "e"}, "language 'e' is not a language tag"),
+    ({**GOOD, "languages": {"en": 1}}, "field 'languages' must be a list of language tags, got dict"),
 ]
 
 
