@@ -16,8 +16,8 @@ import wandb
 import mlembed
 from mlembed.artifact import FACTORIZED_WEIGHTS, ExportManifest
 from mlembed.callbacks import ModelExport
-from mlembed.data.manifest import ShardManifest
 from mlembed.cli.train import lightning_main
+from mlembed.data.manifest import ShardManifest
 from tests.distributed.common import launch
 from tests.helpers import POSITIVES, QUERIES
 from tests.robustness.tiny_run import ROOT, build_shards, callback, fit_args, record_steps
