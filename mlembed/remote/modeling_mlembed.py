@@ -164,7 +164,11 @@ class MLEmbedFactorizedModel(PreTrainedModel):
         return value
 
     def _layer_list(self) -> tuple[nn.Module, str, nn.ModuleList]:
-        """The base model's list of transformer layers, found by its length (the same for every architecture)."""
+        """The base model's list of transformer layers, found by its length (the same for every architecture).
+
+        The rule mlembed's own backbone uses to cut depth in training; written again here because this file must
+        run where mlembed is not installed.
+        """
         target = int(self.model.config.num_hidden_layers)
         for name, module in self.model.named_modules():
             if isinstance(module, nn.ModuleList) and len(module) == target and len(module) > 0:
