@@ -20,7 +20,7 @@ from mlembed.axes.mel import MEL
 from mlembed.axes.mll import MLL
 from mlembed.axes.mrl import MRL
 from mlembed.backbone import BackboneConfig
-from mlembed.cli import evaluate, export, main, shards, sweep
+from mlembed.cli import evaluate, export, main, mine, shards, sweep
 from mlembed.export import export as export_model
 from mlembed.module import EmbeddingModule
 from mlembed.pooling import MeanPooling
@@ -29,7 +29,8 @@ from tests.test_recipe import commands, readme_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-PARSERS = {"shards": shards.parser, "export": export.parser, "evaluate": evaluate.parser, "sweep": sweep.parser}
+PARSERS = {"shards": shards.parser, "export": export.parser, "evaluate": evaluate.parser, "sweep": sweep.parser,
+           "mine": mine.parser}
 SHELL = {"$NNODES": "2", "$JOB_ID": "7", "$MASTER_ADDR": "localhost"}
 """Values for the shell variables of the launch lines."""
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "validate": ("mlembed.cli.train", "the validation loss of a model on held-out shards"),
     "test": ("mlembed.cli.train", "the loss per source on held-out shards"),
     "predict": ("mlembed.cli.train", "the embeddings of the held-out queries"),
+    "mine": ("mlembed.cli.mine", "hard negatives for (query, positive) records, in bounded memory"),
     "shards": ("mlembed.cli.shards", "records, the released data or the demo -> webdataset shards + manifest"),
     "export": ("mlembed.cli.export", "a checkpoint at a (rank, depth, dim) point -> a model directory"),
     "evaluate": ("mlembed.cli.evaluate", "score the (rank x depth x dim) grid, or one point with mteb"),

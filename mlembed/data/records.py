@@ -66,7 +66,8 @@ class Record:
                 "instruction": self.instruction, "source": self.source, "task": self.task}
 
 
-def _text(obj: dict, key: str, file: str, line: int) -> str:
+def text_field(obj: dict, key: str, file: str, line: int) -> str:
+    """The non-empty string ``obj[key]``; a RecordError naming the file, line and field otherwise."""
     if key not in obj or obj[key] is None:
         raise RecordError(file, line, f"missing field {key!r}")
     value = obj[key]
@@ -119,25 +120,33 @@ def parse_record(obj: object, file: str, line: int) -> Record:
     """
     if not isinstance(obj, dict):
         raise RecordError(file, line, f"a record must be a JSON object, got {type(obj).__name__}")
-    task = _text(obj, "task", file, line)
+    task = text_field(obj, "task", file, line)
     if task not in TASKS:
         raise RecordError(file, line, f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
-    source = _text(obj, "source", file, line)
+    source = text_field(obj, "source", file, line)
     if not SOURCE_NAME.match(source):
         raise RecordError(file, line, f"source {source!r} may only hold letters, digits and _.+-")
     instruction = obj.get("instruction")
     if instruction is not None:
-        instruction = _text(obj, "instruction", file, line)
+        instruction = text_field(obj, "instruction", file, line)
     rid = obj.get("id")
     if rid is None:
         rid = f"{Path(file).name}:{line}"
     elif not isinstance(rid, str) or not rid:
         raise RecordError(file, line, f"field 'id' must be a non-empty string, got {rid!r}")
     return Record(
-        id=rid, query=_text(obj, "query", file, line), positive=_text(obj, "positive", file, line),
+        id=rid, query=text_field(obj, "query", file, line), positive=text_field(obj, "positive", file, line),
         source=source, task=task, negatives=_negatives(obj, file, line), instruction=instruction,
         languages=_languages(obj, file, line),
     )
+
+
+def read_rows(path: str | Path, flag: str = "--input") -> Iterator[tuple[int, object]]:
+    """Yield ``(line, decoded row)`` of a JSONL or parquet file, unvalidated; unreadable lines as ``RecordError``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    return _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]:
@@ -145,11 +154,7 @@ def read_records(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]
 
     Errors are yielded rather than raised so the caller decides between failing and skipping (and counting).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--input {path}: no such file")
-    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
-    for line, obj in rows:
+    for line, obj in read_rows(path):
         if isinstance(obj, RecordError):
             yield line, obj
             continue

@@ -1,0 +1,660 @@
+"""Hard negatives for (query, positive) records, in bounded memory: what ``mlembed mine`` runs.
+
+The steps, each resumable from its last finished piece (a killed run, run again with the same settings, continues
+where it stopped and writes the same files as an uninterrupted run):
+
+1. **Read** the records (JSONL or parquet: ``query`` and ``positive``, optionally ``source`` and ``instruction``;
+   every field is kept). The corpus is every positive plus the ``--corpus`` passages, deduplicated by text.
+2. **Embed** the corpus and the distinct queries, in chunks of texts sorted by length, into float16
+   memory-mapped matrices in the work folder (``OUT/.mine-work``): memory holds one chunk, never the corpus.
+3. **Search**: each block of queries is scored against the corpus in blocks, keeping a running top-k (k: the
+   candidate window ``range_max``), so peak memory is one block of scores, whatever the corpus and query counts.
+   A query's own positives and any passage equal to its text are never candidates. By default a query only sees
+   the passages of its own source (``per_source``: batches are drawn from one source, so negatives should be too).
+   Ties are broken by the lower corpus index (the corpus is in order of first appearance), so the result is the
+   exact top-k of the full score matrix.
+4. **Rescore** (optional): the window is scored again by a second scorer (the full point of the same 3D-ML model
+   when the search ran at a cheaper ``point``, or a separate model), whose scores then order and filter the
+   candidates: the false-negative filter.
+5. **Select** with sentence-transformers' meanings: margins against the query's (lowest) positive score, a score
+   ceiling and floor, ``range_min`` skipped, then the top candidates or a seeded random draw among them.
+
+Scores are cosine similarities of the float16-stored unit vectors, computed in float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mlembed.data.records import RecordError, read_rows, text_field
+
+WORK = ".mine-work"
+"""The work folder inside the output directory (embeddings, search blocks, progress); removed when done."""
+SUMMARY = "mine.json"
+"""Written last into the output directory: the settings, counts and score statistics of a finished run."""
+SAMPLING = ("top", "random")
+
+
+@dataclass
+class MineSettings:
+    """How negatives are chosen (the names and meanings of sentence-transformers' ``mine_hard_negatives``)."""
+
+    num_negatives: int = 7
+    """Negatives per query (the method uses 7 for retrieval, 9 for clustering)."""
+    range_min: int = 0
+    """Skip this many of the best remaining candidates (after the filters), as near-duplicates of the positive."""
+    range_max: int | None = None
+    """The candidate window: the best ``range_max`` passages per query (default: ``range_min + num_negatives``,
+    times ten when a margin or a score limit is set, since those remove candidates)."""
+    max_score: float | None = None
+    """Drop candidates scoring above this (likely unlabelled positives)."""
+    min_score: float | None = None
+    """Drop candidates scoring below this."""
+    absolute_margin: float | None = None
+    """Drop candidates with ``score + margin > positive score``."""
+    relative_margin: float | None = None
+    """Drop candidates with ``score > positive score - |positive score| * margin`` (0.05: TopK-PercPos 95%)."""
+    sampling: str = "top"
+    """``top``: the best remaining candidates; ``random``: a seeded draw among them."""
+    per_source: bool = True
+    """Candidates from the query's own source only (passages of ``--corpus`` without a source are everyone's)."""
+    seed: int = 0
+    """Seed of the random draw (each query draws from its own stream, so the result does not depend on blocks)."""
+
+    def window(self) -> int:
+        """The resolved ``range_max``."""
+        if self.range_max is not None:
+            return self.range_max
+        filtered = any(v is not None for v in (self.max_score, self.min_score, self.absolute_margin,
+                                               self.relative_margin))
+        return self.range_min + self.num_negatives * (10 if filtered else 1)
+
+    def check(self) -> None:
+        """Refuse settings that cannot mine, naming the flag."""
+        if self.num_negatives < 1:
+            raise ValueError(f"--num-negatives ({self.num_negatives}) must be at least 1")
+        if self.range_min < 0:
+            raise ValueError(f"--range-min ({self.range_min}) must not be negative")
+        if self.num_negatives > self.window() - self.range_min:
+            raise ValueError(f"--num-negatives {self.num_negatives} does not fit the window: --range-max "
+                             f"{self.window()} minus --range-min {self.range_min} leaves "
+                             f"{max(0, self.window() - self.range_min)} candidates")
+        if self.sampling not in SAMPLING:
+            raise ValueError(f"--sampling {self.sampling!r} must be one of {', '.join(SAMPLING)}")
+        for name in ("absolute_margin", "relative_margin"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} ({value}) must not be negative")
+
+
+@dataclass
+class SearchSettings:
+    """How much is held at once (the memory bound) and where the model runs."""
+
+    batch_size: int = 64
+    """Texts per forward pass."""
+    chunk: int = 4096
+    """Texts embedded between two saves of the embedding progress."""
+    query_block: int = 1024
+    """Queries scored together."""
+    corpus_block: int = 16384
+    """Corpus rows scored at a time against a query block (scores held: query_block x corpus_block floats)."""
+
+
+class TextEncoder(Protocol):
+    """What mining needs of a model: unit vectors of texts (queries with their instruction, if any)."""
+
+    name: str
+
+    def encode(self, texts: Sequence[str], instruction: str | None = None) -> torch.Tensor:
+        """L2-normalised vectors [N, dim]."""
+        ...
+
+
+# -- the records and the corpus ------------------------------------------------------------------------------
+@dataclass
+class Pairs:
+    """The input records and what mining derives from them.
+
+    ``queries`` are the distinct (source group, instruction, query text) keys in order of first appearance; every
+    row points at one; a query's positives are the positives of all its rows.
+    """
+
+    files: list[Path]
+    rows: list[list[dict]]
+    """The decoded rows of each input file, every field kept."""
+    corpus: list[str] = field(default_factory=list)
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    """Source group -> its corpus ids, ascending (``""`` holds everything when mining across sources)."""
+    queries: list[tuple[str, str | None, str]] = field(default_factory=list)
+    row_query: list[list[int]] = field(default_factory=list)
+    """For each file, each row's distinct query."""
+    positives: list[list[int]] = field(default_factory=list)
+    """For each distinct query, the corpus ids of its positives."""
+
+
+def read_pairs(files: Sequence[str | os.PathLike], corpus_files: Sequence[str | os.PathLike], *,
+               per_source: bool) -> Pairs:
+    """Read and check the records and the extra corpus; one ``RecordError`` line for the first bad record."""
+    pairs = Pairs(files=[Path(f) for f in files], rows=[])
+    ids: dict[str, int] = {}
+    members: dict[str, set[int]] = {}
+    query_ids: dict[tuple[str, str | None, str], int] = {}
+
+    def corpus_id(text: str) -> int:
+        if text not in ids:
+            ids[text] = len(pairs.corpus)
+            pairs.corpus.append(text)
+        return ids[text]
+
+    for path in pairs.files:
+        rows, mapping = [], []
+        for line, obj in read_rows(path):
+            if isinstance(obj, RecordError):
+                raise obj
+            if not isinstance(obj, dict):
+                raise RecordError(str(path), line, f"a record must be a JSON object, got {type(obj).__name__}")
+            query = text_field(obj, "query", str(path), line)
+            positive = text_field(obj, "positive", str(path), line)
+            source = text_field(obj, "source", str(path), line) if obj.get("source") is not None else ""
+            instruction = text_field(obj, "instruction", str(path), line) if obj.get("instruction") else None
+            group = source if per_source else ""
+            key = (group, instruction, query)
+            if key not in query_ids:
+                query_ids[key] = len(pairs.queries)
+                pairs.queries.append(key)
+                pairs.positives.append([])
+            q = query_ids[key]
+            p = corpus_id(positive)
+            if p not in pairs.positives[q]:
+                pairs.positives[q].append(p)
+            members.setdefault(group, set()).add(p)
+            rows.append(obj)
+            mapping.append(q)
+        if not rows:
+            raise ValueError(f"--input {path} holds no records")
+        pairs.rows.append(rows)
+        pairs.row_query.append(mapping)
+    shared: set[int] = set()
+    for path in corpus_files:
+        for line, obj in _corpus_rows(Path(path)):
+            text = obj if isinstance(obj, str) else text_field(obj, "text", str(path), line)
+            source = obj.get("source") if isinstance(obj, dict) else None
+            c = corpus_id(text)
+            if per_source and source:
+                members.setdefault(str(source), set()).add(c)
+            else:
+                shared.add(c)
+    if not pairs.corpus:
+        raise ValueError("the corpus is empty: --input holds no positives and --corpus no passages")
+    groups = {q[0] for q in pairs.queries}
+    pairs.groups = {g: sorted(members.get(g, set()) | shared) for g in sorted(groups)}
+    return pairs
+
+
+def _corpus_rows(path: Path):
+    """``(line, text or row)`` of a corpus file: plain text (one passage a line), or JSONL / parquet with ``text``."""
+    if path.suffix in (".jsonl", ".json", ".parquet"):
+        for line, obj in read_rows(path, flag="--corpus"):
+            if isinstance(obj, RecordError):
+                raise obj
+            if not isinstance(obj, dict):
+                raise RecordError(str(path), line, f"a corpus row must be a JSON object, got {type(obj).__name__}")
+            yield line, obj
+        return
+    if not path.exists():
+        raise FileNotFoundError(f"--corpus {path}: no such file")
+    with path.open(encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if text.strip():
+                yield line, text.rstrip("\n")
+
+
+# -- embedding into memory-mapped matrices ------------------------------------------------------------------
+def embed_to_memmap(encoder: TextEncoder, texts: Sequence[str], instructions: Sequence[str | None], path: Path,
+                    *, chunk: int, progress: Callable | None = None) -> np.memmap:
+    """Unit vectors of ``texts`` as a float16 [N, dim] ``.npy`` memmap at ``path``, resumable by chunk.
+
+    Texts go in order of instruction, then longest first (little padding per batch); each chunk is written to
+    its rows, flushed, and only then counted in ``path.done``, so a killed run re-embeds at most one chunk.
+    """
+    order = sorted(range(len(texts)), key=lambda i: (instructions[i] or "", -len(texts[i]), i))
+    chunks = []
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        # One instruction per chunk: a chunk is cut where the instruction changes.
+        while part:
+            same = [i for i in part if instructions[i] == instructions[part[0]]]
+            chunks.append(same)
+            part = [i for i in part if instructions[i] != instructions[part[0]]]
+    done_file = path.with_suffix(".done")
+    done = int(done_file.read_text()) if done_file.is_file() and path.is_file() else 0
+    matrix = None
+    if done:
+        matrix = np.load(path, mmap_mode="r+")
+    for n, ids in enumerate(chunks):
+        if n < done:
+            continue
+        vectors = encoder.encode([texts[i] for i in ids], instruction=instructions[ids[0]])
+        if matrix is None:
+            matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(texts), vectors.shape[1]))
+        matrix[np.asarray(ids)] = vectors.to(torch.float16).numpy()
+        matrix.flush()
+        _write_atomic(done_file, str(n + 1))
+        if progress is not None:
+            progress(len(ids))
+    if matrix is None:  # nothing to embed (empty) cannot happen: read_pairs refuses an empty corpus
+        raise ValueError("nothing to embed")
+    return matrix
+
+
+# -- the search ----------------------------------------------------------------------------------------------
+def search_block(queries: torch.Tensor, corpus: np.ndarray, corpus_ids: np.ndarray, excluded: list[set[int]],
+                 k: int, corpus_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` (score, corpus id) of each query over ``corpus_ids``, best first, ties to the lower id.
+
+    ``corpus`` is the whole float16 matrix; only ``corpus_block`` of its rows are turned into float32 and scored
+    at a time. ``excluded[i]`` are the corpus ids query ``i`` may not get. Rows with fewer than ``k`` candidates
+    are filled with ``-inf`` scores and id ``-1``.
+    """
+    n = queries.shape[0]
+    banned_rows = np.asarray([row for row, banned in enumerate(excluded) for _ in banned], dtype=np.int64)
+    banned_ids = np.asarray([c for banned in excluded for c in sorted(banned)], dtype=np.int64)
+    best_scores = torch.full((n, 0), float("-inf"))
+    best_ids = torch.full((n, 0), -1, dtype=torch.long)
+    for start in range(0, len(corpus_ids), corpus_block):
+        ids = corpus_ids[start:start + corpus_block]
+        block = torch.from_numpy(np.asarray(corpus[ids], dtype=np.float32))
+        scores = queries @ block.T  # [n, block]
+        if len(banned_rows):  # the excluded ids that fall in this block (ids ascend: a binary search finds them)
+            at = np.minimum(np.searchsorted(ids, banned_ids), len(ids) - 1)
+            hit = ids[at] == banned_ids
+            scores[torch.from_numpy(banned_rows[hit]), torch.from_numpy(at[hit])] = float("-inf")
+        top_scores, top_ids = _block_top(scores, torch.from_numpy(ids.astype(np.int64)), k)
+        best_scores, best_ids = _merge(best_scores, best_ids, top_scores, top_ids, k)
+    if best_scores.shape[1] < k:  # a corpus smaller than the window
+        pad = k - best_scores.shape[1]
+        best_scores = torch.cat([best_scores, torch.full((n, pad), float("-inf"))], dim=1)
+        best_ids = torch.cat([best_ids, torch.full((n, pad), -1, dtype=torch.long)], dim=1)
+    best_ids[best_scores == float("-inf")] = -1
+    return best_scores, best_ids
+
+
+def _block_top(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``k`` columns of each row, with ties at the cut resolved to the lower id (ids ascend)."""
+    if scores.shape[1] <= k:
+        return scores, ids.expand(scores.shape[0], -1)
+    values, cols = scores.topk(k, dim=1)
+    kth = values[:, -1:]
+    # topk keeps an arbitrary subset of the values equal to the k-th: redo those rows with a stable sort.
+    uneven = ((scores == kth).sum(1) != (values == kth).sum(1)) & torch.isfinite(kth[:, 0])
+    for row in uneven.nonzero().flatten().tolist():
+        order = torch.sort(scores[row], descending=True, stable=True).indices[:k]
+        values[row], cols[row] = scores[row, order], order
+    return values, ids[cols]
+
+
+def _merge(a_scores, a_ids, b_scores, b_ids, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``k`` of two candidate lists per row, ordered by score (descending), then id (ascending)."""
+    scores, ids = torch.cat([a_scores, b_scores], dim=1), torch.cat([a_ids, b_ids], dim=1)
+    by_id = torch.argsort(ids, dim=1, stable=True)
+    scores, ids = scores.gather(1, by_id), ids.gather(1, by_id)
+    by_score = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return scores.gather(1, by_score), ids.gather(1, by_score)
+
+
+# -- selection -----------------------------------------------------------------------------------------------
+@dataclass
+class Counters:
+    """What the filters removed and how many queries got fewer negatives than asked (summed over queries)."""
+
+    candidates: int = 0
+    absolute_margin: int = 0
+    relative_margin: int = 0
+    max_score: int = 0
+    min_score: int = 0
+    short: int = 0
+    """Queries that got fewer than ``num_negatives``."""
+
+
+def select(scores: Sequence[float], ids: Sequence[int], positive_score: float, settings: MineSettings,
+           rng: random.Random, counters: Counters) -> list[tuple[int, float]]:
+    """The negatives ``(corpus id, score)`` of one query from its window (best first; ``-1`` ids are empty)."""
+    kept: list[tuple[int, float]] = []
+    for c, s in zip(ids, scores, strict=True):
+        if c < 0:
+            continue
+        counters.candidates += 1
+        if settings.absolute_margin is not None and s + settings.absolute_margin > positive_score:
+            counters.absolute_margin += 1
+            continue
+        if settings.relative_margin is not None and s > positive_score - abs(positive_score) * settings.relative_margin:
+            counters.relative_margin += 1
+            continue
+        if settings.max_score is not None and s > settings.max_score:
+            counters.max_score += 1
+            continue
+        if settings.min_score is not None and s < settings.min_score:
+            counters.min_score += 1
+            continue
+        kept.append((c, s))
+    kept = kept[settings.range_min:]
+    if settings.sampling == "random" and len(kept) > settings.num_negatives:
+        chosen = sorted(rng.sample(range(len(kept)), settings.num_negatives))
+        kept = [kept[i] for i in chosen]  # still best first
+    kept = kept[: settings.num_negatives]
+    if len(kept) < settings.num_negatives:
+        counters.short += 1
+    return kept
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def fingerprint(*parts: object) -> str:
+    """A short hash of the settings and inputs a work folder belongs to (a resume needs the same)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_identity(path: Path) -> dict:
+    """What identifies an input file's contents cheaply: its resolved path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def remove_work(directory: Path) -> None:
+    """Delete the work folder of a finished run."""
+    shutil.rmtree(directory / WORK, ignore_errors=True)
+
+
+def settings_dict(settings: MineSettings) -> dict:
+    """The settings as written into ``mine.json``, the window resolved."""
+    return {**asdict(settings), "range_max": settings.window()}
+
+
+# -- models --------------------------------------------------------------------------------------------------
+class PointEncoder:
+    """An ``mlembed.load`` model at one (rank, depth, dim) point (None: the model's own value)."""
+
+    def __init__(self, embedder, point: tuple[int | None, int | None, int | None], batch_size: int) -> None:
+        self.embedder, self.point, self.batch_size = embedder, point, batch_size
+        rank, depth, dim = point
+        self.name = f"mlembed model at rank {rank or 'full'}, depth {depth or 'full'}, dim {dim or 'full'}"
+
+    def encode(self, texts: Sequence[str], instruction: str | None = None) -> torch.Tensor:
+        rank, depth, dim = self.point
+        return self.embedder.encode(list(texts), instruction=instruction, batch_size=self.batch_size, rank=rank,
+                                    depth=depth, dim=dim)
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model (queries are embedded as they are: its prompts are its own business)."""
+
+    def __init__(self, model, batch_size: int) -> None:
+        self.model, self.batch_size, self.name = model, batch_size, "sentence-transformers model"
+
+    def encode(self, texts: Sequence[str], instruction: str | None = None) -> torch.Tensor:
+        vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+        return vectors.float().cpu()
+
+
+def is_mlembed_model(path: Path) -> bool:
+    """Whether ``path`` is something ``mlembed.load`` reads: a checkpoint or an export directory."""
+    from mlembed.artifact import MANIFEST
+    from mlembed.sharded import is_sharded_checkpoint
+
+    return path.suffix == ".ckpt" or (path / MANIFEST).is_file() or (path.is_dir() and is_sharded_checkpoint(path))
+
+
+def load_text_encoder(name: str, *, point: tuple | None = None, device: str = "cpu", batch_size: int = 64,
+                      flag: str = "--model") -> tuple[TextEncoder, object | None]:
+    """The model ``name`` (an mlembed checkpoint or export, else a sentence-transformers model) as a TextEncoder,
+    and the mlembed model it wraps (None for sentence-transformers), so a second point can share its weights."""
+    path = Path(name)
+    try:
+        if is_mlembed_model(path):
+            import mlembed
+
+            embedder = mlembed.load(path, device=device)
+            encoder = PointEncoder(embedder, point or (None, None, None), batch_size)
+            if point:
+                encoder.encode(["probe"])  # a point outside the model is refused now, not after the corpus
+            return encoder, embedder
+        if point:
+            raise ValueError(f"--point needs an mlembed model (a checkpoint or an export); {name} is not one")
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformerEncoder(SentenceTransformer(name, device=device), batch_size), None
+    except ValueError as err:
+        if str(err).startswith("--point"):
+            raise
+        if point and "outside" in str(err):
+            raise ValueError(f"--point {','.join(str(v or 'full') for v in point)}: {err}") from None
+        raise ValueError(f"{flag} {name} could not be loaded: {_first_line(err)}") from None
+    except Exception as err:  # transformers and sentence-transformers raise many kinds for a model they cannot read
+        raise ValueError(f"{flag} {name} could not be loaded: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# -- the whole run -------------------------------------------------------------------------------------------
+def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
+         corpus_files: Sequence[str | os.PathLike] = (), settings: MineSettings | None = None,
+         search: SearchSettings | None = None, rescorer: TextEncoder | None = None, overwrite: bool = False,
+         identity: object = None, progress: bool | None = None, log: Callable[[str], None] = print,
+         keep_work: bool = False) -> dict:
+    """Mine negatives for the records of ``inputs`` into ``output`` (one JSONL file per input, then ``mine.json``).
+
+    Args:
+        encoder: the model whose vectors retrieve the candidates.
+        inputs: JSONL or parquet records with ``query`` and ``positive``.
+        output: the output directory (never an input's folder; its ``.mine-work`` folder makes a killed run
+            resumable).
+        corpus_files: more passages (text lines, or JSONL / parquet with ``text`` and optional ``source``).
+        settings: the selection settings.
+        search: block sizes and batch size.
+        rescorer: the second scorer of the false-negative filter (None: the retrieval scores decide).
+        overwrite: replace a finished run's files in ``output``.
+        identity: what names the models (part of the work folder's fingerprint: a resume needs the same).
+        progress: show a progress bar per phase (None: when stderr is a terminal).
+        log: where the one-line phase messages go.
+        keep_work: keep the work folder (the float16 embeddings and the search blocks) after a finished run.
+
+    Returns:
+        The summary written to ``mine.json``.
+    """
+    from tqdm.auto import tqdm
+
+    settings, search = settings or MineSettings(), search or SearchSettings()
+    settings.check()
+    out = Path(output)
+    inputs = [Path(p) for p in inputs]
+    corpus_files = [Path(p) for p in corpus_files]
+    check_paths(inputs, corpus_files, out)
+    for path in [*inputs, *corpus_files]:
+        if not path.is_file():
+            raise FileNotFoundError(f"{'--input' if path in inputs else '--corpus'} {path}: no such file")
+    key = fingerprint(identity, settings_dict(settings), asdict(search), [file_identity(p) for p in inputs],
+                      [file_identity(p) for p in corpus_files])
+    pairs = read_pairs(inputs, corpus_files, per_source=settings.per_source)  # bad input: refused, nothing written
+    window = settings.window()
+    if window >= len(pairs.corpus):
+        raise ValueError(f"--range-max {window} is not smaller than the corpus ({len(pairs.corpus)} distinct "
+                         "passages; a query's own positive is never its candidate): lower --range-max or add --corpus")
+    work = out / WORK
+    resumed = _prepare(out, work, key, overwrite)
+    log(f"mine: {sum(map(len, pairs.rows)):,} records, {len(pairs.queries):,} distinct queries, "
+        f"{len(pairs.corpus):,} distinct passages in {len(pairs.groups)} source group(s)"
+        + (" (resuming)" if resumed else ""))
+
+    def bar(total: int, what: str):
+        return tqdm(total=total, desc=what, unit="text", disable=None if progress is None else not progress,
+                    leave=False)
+
+    with bar(len(pairs.corpus), "embedding the corpus") as b:
+        corpus = embed_to_memmap(encoder, pairs.corpus, [None] * len(pairs.corpus), work / "corpus.npy",
+                                 chunk=search.chunk, progress=b.update)
+    texts, instructions = [q[2] for q in pairs.queries], [q[1] for q in pairs.queries]
+    with bar(len(texts), "embedding the queries") as b:
+        queries = embed_to_memmap(encoder, texts, instructions, work / "queries.npy", chunk=search.chunk,
+                                  progress=b.update)
+    windows = _search(pairs, corpus, queries, window, search, work, bar)
+    scores, ids, positive_scores = _scores(pairs, windows, corpus, queries, rescorer, search, work, bar)
+    counters = Counters()
+    chosen: list[list[tuple[int, float]]] = []
+    for q in range(len(pairs.queries)):
+        rng = random.Random(f"{settings.seed}:{q}")
+        chosen.append(select(scores[q], ids[q], positive_scores[q], settings, rng, counters))
+    summary = _write(out, pairs, chosen, positive_scores, counters, settings, encoder, rescorer)
+    if not keep_work:
+        remove_work(out)
+    return summary
+
+
+def check_paths(inputs: Sequence[Path], corpus_files: Sequence[Path], out: Path) -> None:
+    """Refuse an output directory that is, or holds, an input (mining never writes into or over its input)."""
+    target = out.resolve()
+    for flag, paths in (("--input", inputs), ("--corpus", corpus_files)):
+        for path in paths:
+            resolved = path.resolve()
+            if resolved == target or target in resolved.parents:
+                raise ValueError(f"--output {out} holds {flag} {path}: write the mined records to another directory")
+
+
+def _prepare(out: Path, work: Path, key: str, overwrite: bool) -> bool:
+    """Make ``out`` ready; True when it holds an unfinished run of the same settings and inputs to resume."""
+    from mlembed.paths import check_output
+
+    state = work / "state.json"
+    if state.is_file() and not (out / SUMMARY).is_file():  # a run that did not finish
+        if json.loads(state.read_text()).get("key") == key:
+            return True
+        if not overwrite:
+            raise FileExistsError(f"--output {out} holds an unfinished mine of other settings or inputs; pass "
+                                  "--overwrite to start again, or run it with the same ones to resume")
+    check_output(out, "--output", overwrite, owned=lambda p: (p / SUMMARY).is_file() or (p / WORK).is_dir(),
+                 what=f"mined records (a {SUMMARY})")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    _write_atomic(state, json.dumps({"key": key}))
+    return False
+
+
+def _search(pairs: Pairs, corpus: np.ndarray, queries: np.ndarray, window: int, search: SearchSettings,
+            work: Path, bar) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each distinct query's window ``(scores, ids)``: its best ``window`` candidates, one saved file per block."""
+    text_id = {text: i for i, text in enumerate(pairs.corpus)}
+    blocks = work / "search"
+    blocks.mkdir(exist_ok=True)
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    with bar(len(pairs.queries), "searching") as b:
+        for g, (group, members) in enumerate(pairs.groups.items()):
+            corpus_ids = np.asarray(members, dtype=np.int64)
+            ids = [q for q, key in enumerate(pairs.queries) if key[0] == group]
+            for n, start in enumerate(range(0, len(ids), search.query_block)):
+                block = ids[start:start + search.query_block]
+                path = blocks / f"{g:05d}-{n:06d}.pt"
+                if path.is_file():
+                    saved = torch.load(path)
+                else:
+                    excluded = [set(pairs.positives[q]) | ({text_id[pairs.queries[q][2]]}
+                                                           if pairs.queries[q][2] in text_id else set())
+                                for q in block]
+                    vectors = torch.from_numpy(np.asarray(queries[np.asarray(block)], dtype=np.float32))
+                    saved = search_block(vectors, corpus, corpus_ids, excluded, window, search.corpus_block)
+                    tmp = path.with_suffix(".tmp")
+                    torch.save(saved, tmp)
+                    os.replace(tmp, path)
+                for i, q in enumerate(block):
+                    out[q] = (saved[0][i], saved[1][i])
+                b.update(len(block))
+    return out
+
+
+def _scores(pairs: Pairs, windows, corpus: np.ndarray, queries: np.ndarray, rescorer: TextEncoder | None,
+            search: SearchSettings, work: Path, bar) -> tuple[list[list[float]], list[list[int]], list[float]]:
+    """Each query's candidate scores and ids (best first) and its positive score (the lowest of its positives).
+
+    With a ``rescorer`` the window is scored again by it, and its scores order the candidates and decide the
+    filters; the retrieval scores only chose the window.
+    """
+    n = len(pairs.queries)
+    if rescorer is None:
+        positive = [min(float(np.dot(queries[q].astype(np.float32), corpus[p].astype(np.float32)))
+                        for p in pairs.positives[q]) for q in range(n)]
+        return ([windows[q][0].tolist() for q in range(n)], [windows[q][1].tolist() for q in range(n)], positive)
+    needed = sorted({int(c) for q in range(n) for c in windows[q][1].tolist() if c >= 0}
+                    | {p for q in range(n) for p in pairs.positives[q]})
+    with bar(len(needed), "rescoring: passages") as b:
+        passages = embed_to_memmap(rescorer, [pairs.corpus[c] for c in needed], [None] * len(needed),
+                                   work / "rescore-corpus.npy", chunk=search.chunk, progress=b.update)
+    texts, instructions = [q[2] for q in pairs.queries], [q[1] for q in pairs.queries]
+    with bar(n, "rescoring: queries") as b:
+        rescored_queries = embed_to_memmap(rescorer, texts, instructions, work / "rescore-queries.npy",
+                                           chunk=search.chunk, progress=b.update)
+    row = {c: i for i, c in enumerate(needed)}
+    all_scores, all_ids, positive = [], [], []
+    for q in range(n):
+        vector = rescored_queries[q].astype(np.float32)
+        candidates = [c for c in windows[q][1].tolist() if c >= 0]
+        values = [float(np.dot(vector, passages[row[c]].astype(np.float32))) for c in candidates]
+        order = sorted(range(len(candidates)), key=lambda i: (-values[i], candidates[i]))
+        all_scores.append([values[i] for i in order])
+        all_ids.append([candidates[i] for i in order])
+        positive.append(min(float(np.dot(vector, passages[row[p]].astype(np.float32))) for p in pairs.positives[q]))
+    return all_scores, all_ids, positive
+
+
+def _write(out: Path, pairs: Pairs, chosen, positive_scores, counters: Counters, settings: MineSettings,
+           encoder: TextEncoder, rescorer: TextEncoder | None) -> dict:
+    """The mined records (one JSONL file per input, rows in input order) and then ``mine.json``."""
+    names = [path.stem + ".jsonl" for path in pairs.files]
+    if len(set(names)) < len(names):  # inputs of the same name in different folders
+        names = [f"{i:02d}-{name}" for i, name in enumerate(names)]
+    written = []
+    for name, rows, mapping in zip(names, pairs.rows, pairs.row_query, strict=True):
+        path = out / name
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            for row, q in zip(rows, mapping, strict=True):
+                negatives = [pairs.corpus[c] for c, _ in chosen[q]]
+                handle.write(json.dumps({**row, "negatives": negatives}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        written.append(name)
+    negative_scores = [s for picks in chosen for _, s in picks]
+    summary = {
+        "files": written, "records": sum(map(len, pairs.rows)), "queries": len(pairs.queries),
+        "passages": len(pairs.corpus), "groups": {g: len(m) for g, m in pairs.groups.items()},
+        "settings": settings_dict(settings), "retrieval": encoder.name,
+        "rescoring": None if rescorer is None else rescorer.name,
+        "negatives": len(negative_scores), "skipped": asdict(counters),
+        "scores": {"positive": _stats(positive_scores), "negative": _stats(negative_scores)},
+    }
+    _write_atomic(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return summary
+
+
+def _stats(values: Sequence[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    array = np.asarray(values, dtype=np.float64)
+    return {"count": int(array.size), "mean": float(array.mean()), "median": float(np.median(array)),
+            "min": float(array.min()), "max": float(array.max())}
