@@ -110,6 +110,10 @@ class SearchSettings:
     """Queries scored together."""
     corpus_block: int = 16384
     """Corpus rows scored at a time against a query block (scores held: query_block x corpus_block floats)."""
+    faiss: bool = False
+    """Search with a faiss flat inner-product index (``pip install faiss-cpu``) instead of torch: the same exact
+    scores; faiss holds the source's corpus in float32 (memory linear in the corpus), and where several candidates
+    tie at the window's edge, which of them faiss keeps is its own choice."""
 
 
 class TextEncoder(Protocol):
@@ -289,6 +293,35 @@ def search_block(queries: torch.Tensor, corpus: np.ndarray, corpus_ids: np.ndarr
         best_ids = torch.cat([best_ids, torch.full((n, pad), -1, dtype=torch.long)], dim=1)
     best_ids[best_scores == float("-inf")] = -1
     return best_scores, best_ids
+
+
+def faiss_search(index, queries: torch.Tensor, corpus_ids: np.ndarray, excluded: list[set[int]],
+                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``search_block`` through a faiss index over ``corpus_ids`` (the same output: best first, ties to the lower id
+    among those faiss returned, excluded ids dropped, ``-inf`` / ``-1`` where fewer than ``k``)."""
+    extra = max((len(banned) for banned in excluded), default=0)
+    found_scores, found = index.search(queries.numpy(), min(k + extra, len(corpus_ids)))
+    n = queries.shape[0]
+    best_scores = torch.full((n, k), float("-inf"))
+    best_ids = torch.full((n, k), -1, dtype=torch.long)
+    for row in range(n):
+        picks = [(float(s), int(corpus_ids[i])) for s, i in zip(found_scores[row], found[row], strict=True)
+                 if i >= 0 and int(corpus_ids[i]) not in excluded[row]]
+        picks.sort(key=lambda pick: (-pick[0], pick[1]))
+        for j, (score, c) in enumerate(picks[:k]):
+            best_scores[row, j], best_ids[row, j] = score, c
+    return best_scores, best_ids
+
+
+def _faiss_index(corpus: np.ndarray, corpus_ids: np.ndarray, block: int):
+    try:
+        import faiss
+    except ImportError:
+        raise ValueError("--faiss needs faiss: pip install faiss-cpu (or faiss-gpu)") from None
+    index = faiss.IndexFlatIP(corpus.shape[1])
+    for start in range(0, len(corpus_ids), block):  # added a block at a time: no float32 copy of the whole corpus
+        index.add(np.ascontiguousarray(corpus[corpus_ids[start:start + block]], dtype=np.float32))
+    return index
 
 
 def _block_top(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -569,6 +602,7 @@ def _search(pairs: Pairs, corpus: np.ndarray, queries: np.ndarray, window: int, 
         for g, (group, members) in enumerate(pairs.groups.items()):
             corpus_ids = np.asarray(members, dtype=np.int64)
             ids = [q for q, key in enumerate(pairs.queries) if key[0] == group]
+            index = None
             for n, start in enumerate(range(0, len(ids), search.query_block)):
                 block = ids[start:start + search.query_block]
                 path = blocks / f"{g:05d}-{n:06d}.pt"
@@ -579,7 +613,11 @@ def _search(pairs: Pairs, corpus: np.ndarray, queries: np.ndarray, window: int, 
                                                            if pairs.queries[q][2] in text_id else set())
                                 for q in block]
                     vectors = torch.from_numpy(np.asarray(queries[np.asarray(block)], dtype=np.float32))
-                    saved = search_block(vectors, corpus, corpus_ids, excluded, window, search.corpus_block)
+                    if search.faiss:
+                        index = index or _faiss_index(corpus, corpus_ids, search.corpus_block)
+                        saved = faiss_search(index, vectors, corpus_ids, excluded, window)
+                    else:
+                        saved = search_block(vectors, corpus, corpus_ids, excluded, window, search.corpus_block)
                     tmp = path.with_suffix(".tmp")
                     torch.save(saved, tmp)
                     os.replace(tmp, path)

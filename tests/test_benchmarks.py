@@ -157,3 +157,10 @@ def test_serving_benchmark_holds_one_model_for_every_point_and_times_each():
     assert [tuple(map(int, row.split("|")[0].split())) for row in rows] == [
         (384, 6, 384), (128, 6, 384), (128, 4, 128), (64, 2, 64), (32, 2, 64)]
     assert float(rows[0].split("|")[2]) == 1.0  # the full point against itself
+
+
+def test_mining_benchmark_runs_both_miners_on_the_same_text_and_they_agree():
+    out = run(str(ROOT / "benchmarks/bench_mine.py"), "--sizes", "200")
+    row = next(line for line in out.splitlines() if line.strip().startswith("200 |"))
+    overlap = float(row.split("|")[-1])
+    assert overlap > 0.9  # the same model, settings and text: mostly the same negatives (ties and windows aside)

@@ -160,6 +160,14 @@ def test_mined_negatives_equal_a_brute_force_search_with_the_same_filter(name, e
         assert summary["negatives"] > 0
 
 
+def test_the_faiss_search_gives_the_same_negatives(encoder, records, tmp_path):
+    settings = MineSettings(num_negatives=3, relative_margin=0.05)
+    out = tmp_path / "faiss"
+    mine(encoder, [records], out, settings=settings, keep_work=True, log=lambda _: None,
+         search=SearchSettings(query_block=24, faiss=True))
+    assert_equal_to_brute_force(out, records, settings)
+
+
 def test_the_filters_remove_what_they_say(encoder, records, tmp_path):
     counts = {}
     for name in ("top", "absolute margin", "relative margin", "max score"):

@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--query-block", type=int, default=blocks.query_block, help="queries scored together")
     parser.add_argument("--corpus-block", type=int, default=blocks.corpus_block,
                         help="corpus rows scored at a time (memory: query-block x corpus-block floats)")
+    parser.add_argument("--faiss", action="store_true",
+                        help="search with a faiss flat index (pip install faiss-cpu) instead of torch")
     parser.add_argument("--chunk", type=int, default=blocks.chunk,
                         help="texts embedded between two saves of the progress (what a killed run re-embeds)")
     parser.add_argument("--device", default="cpu", help="where the models run (cpu, cuda)")
@@ -84,7 +86,7 @@ def _run(argv: Sequence[str] | None) -> int:
                             sampling=args.sampling, per_source=not args.across_sources, seed=args.seed)
     settings.check()  # before any model is loaded
     search = SearchSettings(batch_size=args.batch_size, chunk=args.chunk, query_block=args.query_block,
-                            corpus_block=args.corpus_block)
+                            corpus_block=args.corpus_block, faiss=args.faiss)
     for name in ("batch_size", "chunk", "query_block", "corpus_block"):
         if getattr(search, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} ({getattr(search, name)}) must be at least 1")
