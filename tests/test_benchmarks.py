@@ -164,3 +164,16 @@ def test_mining_benchmark_runs_both_miners_on_the_same_text_and_they_agree():
     row = next(line for line in out.splitlines() if line.strip().startswith("200 |"))
     overlap = float(row.split("|")[-1])
     assert overlap > 0.9  # the same model, settings and text: mostly the same negatives (ties and windows aside)
+
+
+def test_cheap_point_mining_benchmark_reports_time_rescoring_and_overlap(tmp_path):
+    from tests.test_export import fit_checkpoint
+
+    _, checkpoint = fit_checkpoint("bert", tmp_path)  # a tiny 3D-ML model
+    out = run(str(ROOT / "benchmarks/bench_mine_point.py"), "--model", str(checkpoint), "--point", "16,1,16",
+              "--pairs", "120")
+    rows = {line.split("|")[0].strip(): [float(v) for v in line.split("|")[1:]] for line in out.splitlines()
+            if line.strip().startswith(("full |", "cheap |", "cheap + rescore |"))}
+    assert set(rows) == {"full", "cheap", "cheap + rescore"}
+    assert rows["full"][1] == 1.0 and rows["full"][3] == 1.0  # the reference against itself
+    assert rows["full"][2] == rows["cheap"][2] == 0.0 < rows["cheap + rescore"][2] <= 1.0  # only it rescored
