@@ -614,7 +614,8 @@ def _search(pairs: Pairs, corpus: np.ndarray, queries: np.ndarray, window: int, 
                                 for q in block]
                     vectors = torch.from_numpy(np.asarray(queries[np.asarray(block)], dtype=np.float32))
                     if search.faiss:
-                        index = index or _faiss_index(corpus, corpus_ids, search.corpus_block)
+                        if index is None:
+                            index = _faiss_index(corpus, corpus_ids, search.corpus_block)
                         saved = faiss_search(index, vectors, corpus_ids, excluded, window)
                     else:
                         saved = search_block(vectors, corpus, corpus_ids, excluded, window, search.corpus_block)
@@ -677,6 +678,11 @@ def _write(out: Path, pairs: Pairs, chosen, positive_scores, counters: Counters,
                 handle.write(json.dumps({**row, "negatives": negatives}, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
         written.append(name)
+    earlier = out / SUMMARY
+    if earlier.is_file():  # an --overwrite of a finished run: its files that this run did not write again go
+        for name in json.loads(earlier.read_text()).get("files", []):
+            if name not in written and (out / name).is_file():
+                (out / name).unlink()
     negative_scores = [s for picks in chosen for _, s in picks]
     summary = {
         "files": written, "records": sum(map(len, pairs.rows)), "queries": len(pairs.queries),

@@ -287,8 +287,11 @@ def test_an_output_holding_other_files_is_refused_and_a_finished_one_needs_overw
     mine(encoder, [records], out, settings=MineSettings(num_negatives=2), log=lambda _: None)
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         mine(encoder, [records], out, settings=MineSettings(num_negatives=2), log=lambda _: None)
-    mine(encoder, [records], out, settings=MineSettings(num_negatives=1), overwrite=True, log=lambda _: None)
-    assert all(len(json.loads(line)["negatives"]) <= 1 for line in (out / records.name).read_text().splitlines())
+    renamed = records.with_name("renamed.jsonl")
+    renamed.write_bytes(records.read_bytes())
+    mine(encoder, [renamed], out, settings=MineSettings(num_negatives=1), overwrite=True, log=lambda _: None)
+    assert all(len(json.loads(line)["negatives"]) <= 1 for line in (out / renamed.name).read_text().splitlines())
+    assert sorted(p.name for p in out.iterdir()) == ["mine.json", "renamed.jsonl"]  # the earlier run's file went
 
 
 def test_mining_at_a_cheap_point_rescores_the_window_at_the_full_one(capsys, tmp_path, records):
