@@ -493,7 +493,7 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
          corpus_files: Sequence[str | os.PathLike] = (), settings: MineSettings | None = None,
          search: SearchSettings | None = None, rescorer: TextEncoder | None = None, overwrite: bool = False,
          identity: object = None, progress: bool | None = None, log: Callable[[str], None] = print,
-         keep_work: bool = False) -> dict:
+         keep_work: bool = False, pairs: Pairs | None = None) -> dict:
     """Mine negatives for the records of ``inputs`` into ``output`` (one JSONL file per input, then ``mine.json``).
 
     Args:
@@ -510,6 +510,8 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
         progress: show a progress bar per phase (None: when stderr is a terminal).
         log: where the one-line phase messages go.
         keep_work: keep the work folder (the float16 embeddings and the search blocks) after a finished run.
+        pairs: ``read_pairs`` of the same inputs, when the caller read them already (to refuse bad input before
+            loading a model).
 
     Returns:
         The summary written to ``mine.json``.
@@ -527,11 +529,9 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
             raise FileNotFoundError(f"{'--input' if path in inputs else '--corpus'} {path}: no such file")
     key = fingerprint(identity, settings_dict(settings), asdict(search), [file_identity(p) for p in inputs],
                       [file_identity(p) for p in corpus_files])
-    pairs = read_pairs(inputs, corpus_files, per_source=settings.per_source)  # bad input: refused, nothing written
-    window = settings.window()
-    if window >= len(pairs.corpus):
-        raise ValueError(f"--range-max {window} is not smaller than the corpus ({len(pairs.corpus)} distinct "
-                         "passages; a query's own positive is never its candidate): lower --range-max or add --corpus")
+    if pairs is None:  # bad input: refused before anything is written
+        pairs = read_pairs(inputs, corpus_files, per_source=settings.per_source)
+    window = check_window(settings, pairs)
     work = out / WORK
     resumed = _prepare(out, work, key, overwrite)
     log(f"mine: {sum(map(len, pairs.rows)):,} records, {len(pairs.queries):,} distinct queries, "
@@ -560,6 +560,15 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
     if not keep_work:
         remove_work(out)
     return summary
+
+
+def check_window(settings: MineSettings, pairs: Pairs) -> int:
+    """The window, once checked against the corpus it searches."""
+    window = settings.window()
+    if window >= len(pairs.corpus):
+        raise ValueError(f"--range-max {window} is not smaller than the corpus ({len(pairs.corpus)} distinct "
+                         "passages; a query's own positive is never its candidate): lower --range-max or add --corpus")
+    return window
 
 
 def check_paths(inputs: Sequence[Path], corpus_files: Sequence[Path], out: Path) -> None:

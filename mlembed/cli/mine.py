@@ -5,10 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mlembed.cli.errors import reported
 from mlembed.cli.quiet import quiet
-from mlembed.mining import SAMPLING, MineSettings, PointEncoder, SearchSettings, load_text_encoder, mine
+from mlembed.mining import (
+    SAMPLING,
+    MineSettings,
+    PointEncoder,
+    SearchSettings,
+    check_paths,
+    check_window,
+    load_text_encoder,
+    mine,
+    read_pairs,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,6 +102,9 @@ def _run(argv: Sequence[str] | None) -> int:
         if getattr(search, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} ({getattr(search, name)}) must be at least 1")
     point = parse_point(args.point)
+    check_paths([Path(p) for p in args.input], [Path(p) for p in args.corpus], Path(args.output))
+    pairs = read_pairs(args.input, args.corpus, per_source=settings.per_source)  # bad input before any model loads
+    check_window(settings, pairs)
     quiet()
     encoder, embedder = load_text_encoder(args.model, point=point, device=args.device, batch_size=args.batch_size)
     rescorer = None
@@ -101,7 +115,7 @@ def _run(argv: Sequence[str] | None) -> int:
         rescorer = PointEncoder(embedder, (None, None, None), args.batch_size)  # the same weights, the full point
     identity = {"model": args.model, "point": point, "filter_model": args.filter_model}
     summary = mine(encoder, args.input, args.output, corpus_files=args.corpus, settings=settings, search=search,
-                   rescorer=rescorer, overwrite=args.overwrite, identity=identity,
+                   rescorer=rescorer, overwrite=args.overwrite, identity=identity, pairs=pairs,
                    log=lambda line: print(line, file=sys.stderr))
     skipped = {k: v for k, v in summary["skipped"].items() if v and k not in ("candidates", "short")}
     print(f"mined {summary['negatives']:,} negatives for {summary['records']:,} records ({summary['queries']:,} "
