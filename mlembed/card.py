@@ -37,8 +37,9 @@ class TrainingRecord:
         model: the module's saved hyperparameters, as plain data.
         data: the data module's saved hyperparameters (None: trained without ``ShardDataModule``).
         steps: optimizer steps taken.
-        log_dir: the run's log folder (its ``config.yaml`` and ``grid/``), when known.
+        log_dir: the run's log folder (its ``config.yaml``), when known.
         workdir: where the run's relative paths (its shard directories) are resolved.
+        grid_dir: where the run's ``GridEvaluation`` wrote its final grid, when it had one.
         checkpoint: the checkpoint the export was made from (for the reproduce command).
     """
 
@@ -48,26 +49,37 @@ class TrainingRecord:
     log_dir: Path | None = None
     workdir: Path | None = None
     checkpoint: Path | None = None
+    grid_dir: Path | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, checkpoint: dict[str, Any]) -> TrainingRecord:
-        """The record of a Lightning checkpoint: its hyperparameters, step and the run folder it lies in."""
+        """The record of a Lightning checkpoint: its hyperparameters, step, and the run folder and grid that
+        ``RunLog`` recorded (for checkpoints written before it did: the folder the checkpoint lies in)."""
         path = Path(path)
-        log_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-        workdir = (checkpoint.get(RUN_LOG_KEY) or {}).get("cwd")
-        return cls(model=plain(checkpoint.get("hyper_parameters") or {}),
-                   data=plain(checkpoint.get("datamodule_hyper_parameters")) or None,
-                   steps=checkpoint.get("global_step"), log_dir=log_dir,
-                   workdir=Path(workdir) if workdir else None, checkpoint=path)
+        run = checkpoint.get(RUN_LOG_KEY) or {}
+        workdir = Path(run["cwd"]) if run.get("cwd") else None
+        record = cls(model=plain(checkpoint.get("hyper_parameters") or {}),
+                     data=plain(checkpoint.get("datamodule_hyper_parameters")) or None,
+                     steps=checkpoint.get("global_step"), workdir=workdir, checkpoint=path)
+        if run.get("log_dir") or "grid" in run:
+            record.log_dir = record.resolve(run["log_dir"]) if run.get("log_dir") else None
+            record.grid_dir = record.resolve(run["grid"]) if run.get("grid") else None
+        elif path.parent.name == "checkpoints":
+            record.log_dir = path.parent.parent
+            record.grid_dir = record.log_dir / "grid"
+        return record
 
     @classmethod
     def from_trainer(cls, trainer, module) -> TrainingRecord:
-        """The record of the run in memory (the ``ModelExport`` callback at the end of fit)."""
+        """The record of the run in memory (the ``ModelExport`` callback at the end of fit; call it on every rank,
+        as ``trainer.log_dir`` is a collective)."""
         datamodule = getattr(trainer, "datamodule", None)
         log_dir = trainer.log_dir or trainer.default_root_dir
+        grids = [c.grid_dir for c in trainer.callbacks if getattr(c, "grid_dir", None) is not None]
         return cls(model=plain(dict(module.hparams)),
                    data=plain(dict(datamodule.hparams)) if datamodule is not None else None,
-                   steps=trainer.global_step, log_dir=Path(log_dir) if log_dir else None, workdir=Path.cwd())
+                   steps=trainer.global_step, log_dir=Path(log_dir) if log_dir else None, workdir=Path.cwd(),
+                   grid_dir=Path(grids[0]) if grids else None)
 
     def resolve(self, path: str) -> Path:
         """A path the run named, as seen from here."""
@@ -226,6 +238,8 @@ def _loading(name: str, manifest: ExportManifest, st: bool) -> str:
 
 def _points(directory: Path, manifest: ExportManifest, record: TrainingRecord | None) -> str:
     grid = manifest.grid
+    if manifest.mode == "compat":  # dense at its one rank: the smaller ranks went when the factors were multiplied
+        grid = PointGrid(ranks=(manifest.rank,), depths=grid.depths, dims=grid.dims)
     values = lambda xs: ", ".join("full" if x is None else str(x) for x in xs)  # noqa: E731
     lines = ["## The points it serves", "",
              "One loaded model serves every trained point below its own, per call, from the same weights:", "",
@@ -246,7 +260,7 @@ def _points(directory: Path, manifest: ExportManifest, record: TrainingRecord | 
 
 def _scores(directory: Path, manifest: ExportManifest, record: TrainingRecord | None) -> list[str]:
     """The grid's scores at the points this export serves, and its plot, when the run scored a grid."""
-    grid_dir = record.log_dir / "grid" if record is not None and record.log_dir is not None else None
+    grid_dir = record.grid_dir if record is not None else None
     table = grid_dir / "grid.csv" if grid_dir is not None else None
     if table is None or not table.is_file():
         return ["No evaluation grid was recorded with this run (`mlembed evaluate --model DIR --grid` scores "
@@ -261,8 +275,8 @@ def _scores(directory: Path, manifest: ExportManifest, record: TrainingRecord | 
     served = [p for p in scores if _within(p, manifest)]
     if not served:
         return [f"The run's grid ({table}) scored no point this export serves.", ""]
-    lines = [f"Scores of the run's evaluation grid at these points (the mean of each task's main metric over "
-             f"{', '.join(sorted(tasks))}; `{table.name}` of the run):", "",
+    lines = [f"Scores of the run's evaluation grid, scored at the end of the run, at these points (the mean of each "
+             f"task's main metric over {', '.join(sorted(tasks))}; `{table.name}` of the run):", "",
              "| rank | depth | dim | parameters | score |", "|---|---|---|---|---|"]
     order = lambda p: tuple((1, 0) if v is None else (0, v) for v in p)  # noqa: E731
     for point in sorted(served, key=order, reverse=True):
@@ -279,6 +293,8 @@ def _scores(directory: Path, manifest: ExportManifest, record: TrainingRecord | 
 def _within(point: tuple, manifest: ExportManifest) -> bool:
     rank, depth, dim = point
     limits = ((rank, manifest.rank), (depth, manifest.depth), (dim, manifest.dim))
+    if manifest.mode == "compat" and rank != manifest.rank:  # a dense export serves its own rank only
+        return False
     return all(v is None or limit is None or v <= limit for v, limit in limits) and (
         rank is None or manifest.rank is not None)
 
@@ -314,7 +330,8 @@ def _data(record: TrainingRecord | None) -> str:
 def _prompts(table: dict[str, str], st: bool) -> str:
     if not table:
         return ""
-    lines = ["## Prompts", "", "The instruction each source was trained with, as the text put before a query"
+    lines = ["## Prompts", "", "The instruction each source was trained with (its most frequent one), as the text "
+             "put before a query"
              + (" (sentence-transformers: `model.encode(queries, prompt_name=SOURCE)`):" if st else ":"), "",
              "| source | prompt |", "|---|---|"]
     lines += [f"| {source} | `{_inline(prompt)}` |" for source, prompt in table.items()]

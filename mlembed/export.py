@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +133,11 @@ def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path, re
                   name: str) -> None:
     """Every file of the export: weights and config, tokenizer, sentence-transformers files (with the trained
     instructions as prompts), manifest, model card."""
-    prompt_map = prompts(record, encoder.instruction_template)
+    try:
+        prompt_map = prompts(record, encoder.instruction_template)
+    except Exception as err:  # a record the card cannot read must not cost the export (the end of a long fit)
+        warnings.warn(f"the trained instructions could not be read for the export's prompts: {err}", stacklevel=2)
+        prompt_map, record = {}, None
     st = type(encoder.pooling).__name__ in ST_POOLING  # sentence-transformers has no other pooling
     with deployable(encoder, point, dense=mode == "compat") as model:
         if mode == "compat":
@@ -147,9 +152,15 @@ def _write_export(encoder: Encoder, point: Point, mode: str, directory: Path, re
     _declare_points(directory, manifest)
     backbone = encoder.backbone.config
     named = ((record.model.get("backbone") or {}).get("pretrained") if record else None) or backbone.pretrained
-    write_card(directory, manifest, record, name=name, trained=encoder.points(), base=backbone.pretrained if backbone.is_hub_id else None,
-               backbone=named or f"{(backbone.config or {}).get('model_type', 'a')} model, randomly initialised",
-               sentence_transformers=st, prompt_map=prompt_map)
+    card = {"name": name, "trained": encoder.points(), "base": backbone.pretrained if backbone.is_hub_id else None,
+            "backbone": named or f"{(backbone.config or {}).get('model_type', 'a')} model, randomly initialised",
+            "sentence_transformers": st, "prompt_map": prompt_map}
+    try:
+        write_card(directory, manifest, record, **card)
+    except Exception as err:  # as above: the card then says only what the export itself knows
+        warnings.warn(f"the model card could not use the run's record ({err}); it was written without it",
+                      stacklevel=2)
+        write_card(directory, manifest, None, **card)
 
 
 def _declare_points(directory: Path, manifest: ExportManifest) -> None:

@@ -19,7 +19,8 @@ where it stopped and writes the same files as an uninterrupted run):
 5. **Select** with sentence-transformers' meanings: margins against the query's (lowest) positive score, a score
    ceiling and floor, ``range_min`` skipped, then the top candidates or a seeded random draw among them.
 
-Scores are cosine similarities of the float16-stored unit vectors, computed in float32.
+Scores are cosine similarities of the float16-stored unit vectors, computed in float64 (exact for float16
+components, so independent of the block a score was computed in) and kept as float32.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ class SearchSettings:
     """Texts embedded between two saves of the embedding progress."""
     query_block: int = 1024
     """Queries scored together."""
-    corpus_block: int = 16384
-    """Corpus rows scored at a time against a query block (scores held: query_block x corpus_block floats)."""
+    corpus_block: int = 8192
+    """Corpus rows scored at a time against a query block (scores held: query_block x corpus_block doubles)."""
     faiss: bool = False
     """Search with a faiss flat inner-product index (``pip install faiss-cpu``) instead of torch: the same exact
     scores; faiss holds the source's corpus in float32 (memory linear in the corpus), and where several candidates
@@ -146,6 +147,9 @@ class Pairs:
     """For each file, each row's distinct query."""
     positives: list[list[int]] = field(default_factory=list)
     """For each distinct query, the corpus ids of its positives."""
+    excluded: list[set[int]] = field(default_factory=list)
+    """For each distinct query, the corpus ids it may never get: the positives of every record of its source with
+    the same query text (whatever its instruction), and a passage equal to the query text."""
 
 
 def read_pairs(files: Sequence[str | os.PathLike], corpus_files: Sequence[str | os.PathLike], *,
@@ -190,20 +194,25 @@ def read_pairs(files: Sequence[str | os.PathLike], corpus_files: Sequence[str | 
             raise ValueError(f"--input {path} holds no records")
         pairs.rows.append(rows)
         pairs.row_query.append(mapping)
+    groups = {q[0] for q in pairs.queries}
     shared: set[int] = set()
     for path in corpus_files:
         for line, obj in _corpus_rows(Path(path)):
             text = obj if isinstance(obj, str) else text_field(obj, "text", str(path), line)
             source = obj.get("source") if isinstance(obj, dict) else None
-            c = corpus_id(text)
             if per_source and source:
-                members.setdefault(str(source), set()).add(c)
+                if str(source) in groups:  # a source without queries would never search it
+                    members[str(source)].add(corpus_id(text))
             else:
-                shared.add(c)
+                shared.add(corpus_id(text))
     if not pairs.corpus:
         raise ValueError("the corpus is empty: --input holds no positives and --corpus no passages")
-    groups = {q[0] for q in pairs.queries}
     pairs.groups = {g: sorted(members.get(g, set()) | shared) for g in sorted(groups)}
+    same_text: dict[tuple[str, str], set[int]] = {}
+    for (group, _, query), positives in zip(pairs.queries, pairs.positives, strict=True):
+        same_text.setdefault((group, query), set()).update(positives)
+    pairs.excluded = [same_text[(group, query)] | ({ids[query]} if query in ids else set())
+                      for group, _, query in pairs.queries]
     return pairs
 
 
@@ -234,14 +243,11 @@ def embed_to_memmap(encoder: TextEncoder, texts: Sequence[str], instructions: Se
     its rows, flushed, and only then counted in ``path.done``, so a killed run re-embeds at most one chunk.
     """
     order = sorted(range(len(texts)), key=lambda i: (instructions[i] or "", -len(texts[i]), i))
-    chunks = []
-    for start in range(0, len(order), chunk):
-        part = order[start:start + chunk]
-        # One instruction per chunk: a chunk is cut where the instruction changes.
-        while part:
-            same = [i for i in part if instructions[i] == instructions[part[0]]]
-            chunks.append(same)
-            part = [i for i in part if instructions[i] != instructions[part[0]]]
+    chunks: list[list[int]] = []
+    for i in order:  # a chunk holds one instruction: it is cut where the instruction changes, or when full
+        if not chunks or len(chunks[-1]) == chunk or instructions[chunks[-1][0]] != instructions[i]:
+            chunks.append([])
+        chunks[-1].append(i)
     done_file = path.with_suffix(".done")
     done = int(done_file.read_text()) if done_file.is_file() and path.is_file() else 0
     matrix = None
@@ -273,14 +279,17 @@ def search_block(queries: torch.Tensor, corpus: np.ndarray, corpus_ids: np.ndarr
     are filled with ``-inf`` scores and id ``-1``.
     """
     n = queries.shape[0]
+    queries64 = queries.double()
     banned_rows = np.asarray([row for row, banned in enumerate(excluded) for _ in banned], dtype=np.int64)
     banned_ids = np.asarray([c for banned in excluded for c in sorted(banned)], dtype=np.int64)
     best_scores = torch.full((n, 0), float("-inf"))
     best_ids = torch.full((n, 0), -1, dtype=torch.long)
     for start in range(0, len(corpus_ids), corpus_block):
         ids = corpus_ids[start:start + corpus_block]
-        block = torch.from_numpy(np.asarray(corpus[ids], dtype=np.float32))
-        scores = queries @ block.T  # [n, block]
+        block = torch.from_numpy(np.asarray(corpus[ids], dtype=np.float64))
+        # In float64, the products of float16 components are exact and so, in practice, are their sums: a score
+        # does not depend on the block or the column it was computed in, and equal vectors tie exactly.
+        scores = (queries64 @ block.T).float()  # [n, block]
         if len(banned_rows):  # the excluded ids that fall in this block (ids ascend: a binary search finds them)
             at = np.minimum(np.searchsorted(ids, banned_ids), len(ids) - 1)
             hit = ids[at] == banned_ids
@@ -409,6 +418,19 @@ def file_identity(path: Path) -> dict:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def model_identity(name: str, **more: object) -> dict:
+    """What names a model for a resume: its path's files (size and time: a checkpoint rewritten since differs),
+    or its hub id, and ``more`` (the point, the device)."""
+    path = Path(name)
+    if path.is_file():
+        files = [file_identity(path)]
+    elif path.is_dir():
+        files = [file_identity(f) for f in sorted(path.iterdir()) if f.is_file()]
+    else:
+        files = []
+    return {"name": name, "files": files, **more}
+
+
 def remove_work(directory: Path) -> None:
     """Delete the work folder of a finished run."""
     shutil.rmtree(directory / WORK, ignore_errors=True)
@@ -492,8 +514,8 @@ def _first_line(err: BaseException) -> str:
 def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
          corpus_files: Sequence[str | os.PathLike] = (), settings: MineSettings | None = None,
          search: SearchSettings | None = None, rescorer: TextEncoder | None = None, overwrite: bool = False,
-         identity: object = None, progress: bool | None = None, log: Callable[[str], None] = print,
-         keep_work: bool = False, pairs: Pairs | None = None) -> dict:
+         identity: object = None, rescorer_identity: object = None, progress: bool | None = None,
+         log: Callable[[str], None] = print, keep_work: bool = False, pairs: Pairs | None = None) -> dict:
     """Mine negatives for the records of ``inputs`` into ``output`` (one JSONL file per input, then ``mine.json``).
 
     Args:
@@ -505,8 +527,10 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
         settings: the selection settings.
         search: block sizes and batch size.
         rescorer: the second scorer of the false-negative filter (None: the retrieval scores decide).
-        overwrite: replace a finished run's files in ``output``.
-        identity: what names the models (part of the work folder's fingerprint: a resume needs the same).
+        overwrite: replace a finished run's files in ``output``, or an unfinished run of another model or input.
+        identity: what names the retrieval model (its files, point, device): a resume keeps the embeddings only
+            when it is the same.
+        rescorer_identity: the same for the rescorer.
         progress: show a progress bar per phase (None: when stderr is a terminal).
         log: where the one-line phase messages go.
         keep_work: keep the work folder (the float16 embeddings and the search blocks) after a finished run.
@@ -516,7 +540,7 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
     Returns:
         The summary written to ``mine.json``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     settings, search = settings or MineSettings(), search or SearchSettings()
     settings.check()
@@ -524,19 +548,20 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
     inputs = [Path(p) for p in inputs]
     corpus_files = [Path(p) for p in corpus_files]
     check_paths(inputs, corpus_files, out)
-    for path in [*inputs, *corpus_files]:
-        if not path.is_file():
-            raise FileNotFoundError(f"{'--input' if path in inputs else '--corpus'} {path}: no such file")
-    key = fingerprint(identity, settings_dict(settings), asdict(search), [file_identity(p) for p in inputs],
-                      [file_identity(p) for p in corpus_files])
     if pairs is None:  # bad input: refused before anything is written
         pairs = read_pairs(inputs, corpus_files, per_source=settings.per_source)
     window = check_window(settings, pairs)
+    # What each phase's saved work depends on: the embeddings on the model and the inputs, the search (and the
+    # rescoring) on the window and the blocks too. The selection is recomputed on every run and depends on none.
+    files = [file_identity(p) for p in [*inputs, *corpus_files]]
+    keys = {"embed": fingerprint(identity, files, settings.per_source, search.batch_size, search.chunk),
+            "search": fingerprint(window, search.query_block, search.corpus_block, search.faiss,
+                                  rescorer is not None and rescorer_identity)}
     work = out / WORK
-    resumed = _prepare(out, work, key, overwrite)
+    resumed = _prepare(out, work, keys, overwrite)
     log(f"mine: {sum(map(len, pairs.rows)):,} records, {len(pairs.queries):,} distinct queries, "
         f"{len(pairs.corpus):,} distinct passages in {len(pairs.groups)} source group(s)"
-        + (" (resuming)" if resumed else ""))
+        + (f" (resuming: {resumed})" if resumed else ""))
 
     def bar(total: int, what: str):
         return tqdm(total=total, desc=what, unit="text", disable=None if progress is None else not progress,
@@ -549,14 +574,29 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
     with bar(len(texts), "embedding the queries") as b:
         queries = embed_to_memmap(encoder, texts, instructions, work / "queries.npy", chunk=search.chunk,
                                   progress=b.update)
-    windows = _search(pairs, corpus, queries, window, search, work, bar)
-    scores, ids, positive_scores = _scores(pairs, windows, corpus, queries, rescorer, search, work, bar)
+    blocks = _search(pairs, corpus, queries, window, search, work, bar)
+    scorer = _Rescorer(pairs, blocks, rescorer, search, work, bar) if rescorer is not None else None
+    chosen_ids = np.full((len(pairs.queries), settings.num_negatives), -1, dtype=np.int64)
+    chosen_scores = np.zeros((len(pairs.queries), settings.num_negatives), dtype=np.float32)
+    positive_scores = np.zeros(len(pairs.queries), dtype=np.float32)
     counters = Counters()
-    chosen: list[list[tuple[int, float]]] = []
-    for q in range(len(pairs.queries)):
-        rng = random.Random(f"{settings.seed}:{q}")
-        chosen.append(select(scores[q], ids[q], positive_scores[q], settings, rng, counters))
-    summary = _write(out, pairs, chosen, positive_scores, counters, settings, encoder, rescorer)
+    for path, block in blocks:  # one block of windows in memory at a time
+        block_scores, block_ids = torch.load(path)
+        for i, q in enumerate(block):
+            ids = [int(c) for c in block_ids[i].tolist() if c >= 0]
+            scores = block_scores[i].tolist()[: len(ids)]
+            if scorer is not None:
+                scores, ids, positive = scorer.rescore(q, ids)
+            else:
+                vector = queries[q].astype(np.float64)
+                positive = float(np.float32(min(float(vector @ corpus[p].astype(np.float64))
+                                                for p in pairs.positives[q])))
+            picks = select(scores, ids, positive, settings, random.Random(f"{settings.seed}:{q}"), counters)
+            positive_scores[q] = positive
+            for j, (c, score) in enumerate(picks):
+                chosen_ids[q, j], chosen_scores[q, j] = c, score
+    summary = _write(out, work, pairs, chosen_ids, chosen_scores, positive_scores, counters, settings, encoder,
+                     rescorer)
     if not keep_work:
         remove_work(out)
     return summary
@@ -566,8 +606,9 @@ def check_window(settings: MineSettings, pairs: Pairs) -> int:
     """The window, once checked against the corpus it searches."""
     window = settings.window()
     if window >= len(pairs.corpus):
-        raise ValueError(f"--range-max {window} is not smaller than the corpus ({len(pairs.corpus)} distinct "
-                         "passages; a query's own positive is never its candidate): lower --range-max or add --corpus")
+        given = "--range-max" if settings.range_max is not None else "the default window (--range-max)"
+        raise ValueError(f"{given} {window} is not smaller than the corpus ({len(pairs.corpus)} distinct passages; "
+                         "a query's own positive is never its candidate): lower --range-max or add --corpus")
     return window
 
 
@@ -581,32 +622,43 @@ def check_paths(inputs: Sequence[Path], corpus_files: Sequence[Path], out: Path)
                 raise ValueError(f"--output {out} holds {flag} {path}: write the mined records to another directory")
 
 
-def _prepare(out: Path, work: Path, key: str, overwrite: bool) -> bool:
-    """Make ``out`` ready; True when it holds an unfinished run of the same settings and inputs to resume."""
+def _prepare(out: Path, work: Path, keys: dict[str, str], overwrite: bool) -> str:
+    """Make ``out`` ready; what an unfinished run there lets this one keep ("" when it starts afresh).
+
+    A finished run's ``mine.json`` moves into the work folder when ``--overwrite`` replaces it, so that a killed
+    overwrite resumes like any other run and never leaves a directory that looks finished.
+    """
     from mlembed.paths import check_output
 
     state = work / "state.json"
     if state.is_file() and not (out / SUMMARY).is_file():  # a run that did not finish
-        if json.loads(state.read_text()).get("key") == key:
-            return True
+        saved = json.loads(state.read_text())
+        if saved.get("embed") == keys["embed"]:
+            if saved.get("search") == keys["search"]:
+                return "the embeddings and the searched blocks"
+            for stale in [work / "search", *work.glob("rescore-*")]:  # other blocks or window: searched again
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            _write_atomic(state, json.dumps(keys))
+            return "the embeddings"
         if not overwrite:
-            raise FileExistsError(f"--output {out} holds an unfinished mine of other settings or inputs; pass "
+            raise FileExistsError(f"--output {out} holds an unfinished mine of another model or other inputs; pass "
                                   "--overwrite to start again, or run it with the same ones to resume")
     check_output(out, "--output", overwrite, owned=lambda p: (p / SUMMARY).is_file() or (p / WORK).is_dir(),
                  what=f"mined records (a {SUMMARY})")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    _write_atomic(state, json.dumps({"key": key}))
-    return False
+    if (out / SUMMARY).is_file():  # --overwrite of a finished run
+        os.replace(out / SUMMARY, work / "previous.json")
+    _write_atomic(state, json.dumps(keys))
+    return ""
 
 
 def _search(pairs: Pairs, corpus: np.ndarray, queries: np.ndarray, window: int, search: SearchSettings,
-            work: Path, bar) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Each distinct query's window ``(scores, ids)``: its best ``window`` candidates, one saved file per block."""
-    text_id = {text: i for i, text in enumerate(pairs.corpus)}
+            work: Path, bar) -> list[tuple[Path, list[int]]]:
+    """Search every block of queries (a saved file each, skipped when a killed run saved it); ``(file, queries)``."""
     blocks = work / "search"
     blocks.mkdir(exist_ok=True)
-    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: list[tuple[Path, list[int]]] = []
     with bar(len(pairs.queries), "searching") as b:
         for g, (group, members) in enumerate(pairs.groups.items()):
             corpus_ids = np.asarray(members, dtype=np.int64)
@@ -615,91 +667,81 @@ def _search(pairs: Pairs, corpus: np.ndarray, queries: np.ndarray, window: int, 
             for n, start in enumerate(range(0, len(ids), search.query_block)):
                 block = ids[start:start + search.query_block]
                 path = blocks / f"{g:05d}-{n:06d}.pt"
-                if path.is_file():
-                    saved = torch.load(path)
-                else:
-                    excluded = [set(pairs.positives[q]) | ({text_id[pairs.queries[q][2]]}
-                                                           if pairs.queries[q][2] in text_id else set())
-                                for q in block]
+                if not path.is_file():
+                    excluded = [pairs.excluded[q] for q in block]
                     vectors = torch.from_numpy(np.asarray(queries[np.asarray(block)], dtype=np.float32))
                     if search.faiss:
                         if index is None:
                             index = _faiss_index(corpus, corpus_ids, search.corpus_block)
-                        saved = faiss_search(index, vectors, corpus_ids, excluded, window)
+                        found = faiss_search(index, vectors, corpus_ids, excluded, window)
                     else:
-                        saved = search_block(vectors, corpus, corpus_ids, excluded, window, search.corpus_block)
+                        found = search_block(vectors, corpus, corpus_ids, excluded, window, search.corpus_block)
                     tmp = path.with_suffix(".tmp")
-                    torch.save(saved, tmp)
+                    torch.save(found, tmp)
                     os.replace(tmp, path)
-                for i, q in enumerate(block):
-                    out[q] = (saved[0][i], saved[1][i])
+                out.append((path, block))
                 b.update(len(block))
     return out
 
 
-def _scores(pairs: Pairs, windows, corpus: np.ndarray, queries: np.ndarray, rescorer: TextEncoder | None,
-            search: SearchSettings, work: Path, bar) -> tuple[list[list[float]], list[list[int]], list[float]]:
-    """Each query's candidate scores and ids (best first) and its positive score (the lowest of its positives).
+class _Rescorer:
+    """The second scorer: every passage of any window (and every positive) and every query, embedded by it once,
+    then each query's window scored again, best first (ties to the lower id)."""
 
-    With a ``rescorer`` the window is scored again by it, and its scores order the candidates and decide the
-    filters; the retrieval scores only chose the window.
-    """
-    n = len(pairs.queries)
-    if rescorer is None:
-        positive = [min(float(np.dot(queries[q].astype(np.float32), corpus[p].astype(np.float32)))
-                        for p in pairs.positives[q]) for q in range(n)]
-        return ([windows[q][0].tolist() for q in range(n)], [windows[q][1].tolist() for q in range(n)], positive)
-    needed = sorted({int(c) for q in range(n) for c in windows[q][1].tolist() if c >= 0}
-                    | {p for q in range(n) for p in pairs.positives[q]})
-    with bar(len(needed), "rescoring: passages") as b:
-        passages = embed_to_memmap(rescorer, [pairs.corpus[c] for c in needed], [None] * len(needed),
-                                   work / "rescore-corpus.npy", chunk=search.chunk, progress=b.update)
-    texts, instructions = [q[2] for q in pairs.queries], [q[1] for q in pairs.queries]
-    with bar(n, "rescoring: queries") as b:
-        rescored_queries = embed_to_memmap(rescorer, texts, instructions, work / "rescore-queries.npy",
-                                           chunk=search.chunk, progress=b.update)
-    row = {c: i for i, c in enumerate(needed)}
-    all_scores, all_ids, positive = [], [], []
-    for q in range(n):
-        vector = rescored_queries[q].astype(np.float32)
-        candidates = [c for c in windows[q][1].tolist() if c >= 0]
-        values = [float(np.dot(vector, passages[row[c]].astype(np.float32))) for c in candidates]
-        order = sorted(range(len(candidates)), key=lambda i: (-values[i], candidates[i]))
-        all_scores.append([values[i] for i in order])
-        all_ids.append([candidates[i] for i in order])
-        positive.append(min(float(np.dot(vector, passages[row[p]].astype(np.float32))) for p in pairs.positives[q]))
-    return all_scores, all_ids, positive
+    def __init__(self, pairs: Pairs, blocks, rescorer: TextEncoder, search: SearchSettings, work: Path, bar) -> None:
+        needed: set[int] = {p for positives in pairs.positives for p in positives}
+        for path, _ in blocks:  # one block of windows in memory at a time
+            needed.update(int(c) for c in torch.load(path)[1].flatten().tolist() if c >= 0)
+        self.needed = np.asarray(sorted(needed), dtype=np.int64)
+        self.pairs = pairs
+        with bar(len(self.needed), "rescoring: passages") as b:
+            self.passages = embed_to_memmap(rescorer, [pairs.corpus[c] for c in self.needed.tolist()],
+                                            [None] * len(self.needed), work / "rescore-corpus.npy",
+                                            chunk=search.chunk, progress=b.update)
+        with bar(len(pairs.queries), "rescoring: queries") as b:
+            self.queries = embed_to_memmap(rescorer, [q[2] for q in pairs.queries], [q[1] for q in pairs.queries],
+                                           work / "rescore-queries.npy", chunk=search.chunk, progress=b.update)
+
+    def rescore(self, q: int, ids: list[int]) -> tuple[list[float], list[int], float]:
+        """The window's scores and ids by the second scorer, best first, and the query's positive score."""
+        vector = self.queries[q].astype(np.float64)
+        rows = np.searchsorted(self.needed, np.asarray(ids + self.pairs.positives[q], dtype=np.int64))
+        values = (np.asarray(self.passages[rows], dtype=np.float64) @ vector).astype(np.float32).tolist()
+        scores, positive = values[: len(ids)], min(values[len(ids):])
+        order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
+        return [scores[i] for i in order], [ids[i] for i in order], positive
 
 
-def _write(out: Path, pairs: Pairs, chosen, positive_scores, counters: Counters, settings: MineSettings,
-           encoder: TextEncoder, rescorer: TextEncoder | None) -> dict:
-    """The mined records (one JSONL file per input, rows in input order) and then ``mine.json``."""
+def _write(out: Path, work: Path, pairs: Pairs, chosen_ids: np.ndarray, chosen_scores: np.ndarray,
+           positive_scores: np.ndarray, counters: Counters, settings: MineSettings, encoder: TextEncoder,
+           rescorer: TextEncoder | None) -> dict:
+    """The mined records (one JSONL file per input, rows in input order), then ``mine.json`` (last: it marks a
+    finished run)."""
     names = [path.stem + ".jsonl" for path in pairs.files]
     if len(set(names)) < len(names):  # inputs of the same name in different folders
         names = [f"{i:02d}-{name}" for i, name in enumerate(names)]
-    written = []
     for name, rows, mapping in zip(names, pairs.rows, pairs.row_query, strict=True):
         path = out / name
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as handle:
             for row, q in zip(rows, mapping, strict=True):
-                negatives = [pairs.corpus[c] for c, _ in chosen[q]]
-                handle.write(json.dumps({**row, "negatives": negatives}, ensure_ascii=False) + "\n")
+                negatives = [pairs.corpus[c] for c in chosen_ids[q].tolist() if c >= 0]
+                # default=str: parquet values JSON has no type for (timestamps, decimals) are kept as text
+                handle.write(json.dumps({**row, "negatives": negatives}, ensure_ascii=False, default=str) + "\n")
         os.replace(tmp, path)
-        written.append(name)
-    earlier = out / SUMMARY
-    if earlier.is_file():  # an --overwrite of a finished run: its files that this run did not write again go
-        for name in json.loads(earlier.read_text()).get("files", []):
-            if name not in written and (out / name).is_file():
+    previous = work / "previous.json"
+    if previous.is_file():  # an --overwrite: the earlier run's files that this run did not write again go
+        for name in json.loads(previous.read_text()).get("files", []):
+            if isinstance(name, str) and name == Path(name).name and name not in names and (out / name).is_file():
                 (out / name).unlink()
-    negative_scores = [s for picks in chosen for _, s in picks]
+    negative_scores = chosen_scores[chosen_ids >= 0].tolist()
     summary = {
-        "files": written, "records": sum(map(len, pairs.rows)), "queries": len(pairs.queries),
+        "files": names, "records": sum(map(len, pairs.rows)), "queries": len(pairs.queries),
         "passages": len(pairs.corpus), "groups": {g: len(m) for g, m in pairs.groups.items()},
         "settings": settings_dict(settings), "retrieval": encoder.name,
         "rescoring": None if rescorer is None else rescorer.name,
         "negatives": len(negative_scores), "skipped": asdict(counters),
-        "scores": {"positive": _stats(positive_scores), "negative": _stats(negative_scores)},
+        "scores": {"positive": _stats(positive_scores.tolist()), "negative": _stats(negative_scores)},
     }
     _write_atomic(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return summary

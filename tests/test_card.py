@@ -76,6 +76,14 @@ def test_the_card_shows_the_grid_at_the_points_the_export_serves_and_how_to_repr
             "--rank 32 --depth 2 --dim 64") in card
 
 
+def test_a_compat_export_of_the_run_lists_only_its_one_rank(recorded, tmp_path):
+    out = export(recorded["checkpoint"], tmp_path / "tiny-compat", mode="compat", rank=32, depth=2)
+    card = (out / "README.md").read_text()
+    assert "| MEL rank (token embedding) | 32 |" in card  # dense at rank 32: rank 16 is gone
+    assert re.search(r"^\| 32 \| 2 \| 64 \| ", card, re.M) and not re.search(r"^\| 16 \| ", card, re.M)
+    assert "training_config.yaml" in card and (out / "training_config.yaml").is_file()
+
+
 def test_the_trained_instructions_are_sentence_transformers_prompts_giving_mlembeds_vectors(recorded):
     out, manifests = recorded["out"], recorded["manifests"]
     prompts = json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]

@@ -74,6 +74,12 @@ def vectors_at(**point):
 vectors = vectors_at()
 small_vectors = vectors_at(**small)
 again = vectors_at()  # the model is back at its own point after a per-call one
+try:  # a call at a point that fails inside the base model (a token id past the vocabulary)
+    model(input_ids=torch.full((1, 3), 10**8), attention_mask=torch.ones(1, 3, dtype=torch.long), **small)
+    failed = False
+except (IndexError, RuntimeError):
+    failed = True
+after_error = vectors_at()  # ... leaves the model as loaded too
 refusals = []
 for point in ({"mlembed_depth": 99}, {"mlembed_rank": 0}):
     try:
@@ -97,6 +103,8 @@ print("RESULT " + json.dumps({
     "st": st.encode(texts, convert_to_numpy=True).tolist(),
     "small": small_vectors.tolist(),
     "again": again.tolist(),
+    "failed": failed,
+    "after_error": after_error.tolist(),
     "st_small": st.encode(texts, convert_to_numpy=True, normalize_embeddings=True, truncate_dim=dim // 2,
                           **small).tolist(),
     "refusals": refusals,
@@ -138,6 +146,9 @@ def test_the_efficiency_export_loads_in_plain_transformers_and_sentence_transfor
     assert (small - expected).abs().max() > 1e-3  # a different model, not the full point again
     torch.testing.assert_close(torch.tensor(report["small"]), small, rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.tensor(report["again"]), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.tensor(report["again"]), torch.tensor(report["vectors"]), rtol=0, atol=0)
+    assert report["failed"]
+    torch.testing.assert_close(torch.tensor(report["after_error"]), torch.tensor(report["vectors"]), rtol=0, atol=0)
     small_narrow = model.encode(TEXTS, **SMALL, dim=POINT["dim"] // 2)
     torch.testing.assert_close(torch.tensor(report["st_small"]), small_narrow, rtol=0, atol=1e-5)
     assert report["refusals"] == [f"mlembed_depth 99 is outside [1, {POINT['depth']}] (this export's depth)",

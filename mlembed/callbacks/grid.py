@@ -145,6 +145,11 @@ class GridEvaluation(Callback):
                 write_arm_plots(comparison.arms(), self._out)
             rank_zero_info(f"GridEvaluation: trained vs baseline in {written[1]}")
 
+    @property
+    def grid_dir(self) -> Path:
+        """Where this fit's final grid is written (known once ``setup`` ran; no collective call)."""
+        return self._out
+
     def output_dir(self, trainer: Trainer) -> Path:
         """Where the grid files go."""
         return Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "grid"

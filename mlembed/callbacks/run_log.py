@@ -30,7 +30,25 @@ class RunLog(Callback):
         checkpoint[KEY] = {"csv": [{"root_dir": str(logger.root_dir), "version": logger.version}
                                    for logger in trainer.loggers if isinstance(logger, CSVLogger)],
                            "wandb": [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)],
-                           "cwd": os.getcwd()}  # where the run's relative paths (its shards) resolve
+                           "cwd": os.getcwd(),  # where the run's relative paths (its shards) resolve
+                           # For an export's model card: the run's own folder (its config.yaml) and its grid.
+                           "log_dir": _log_dir(trainer), "grid": _grid_dir(trainer)}
+
+
+def _log_dir(trainer: Trainer) -> str | None:
+    """The first logger's folder of this run, read without the collective ``trainer.log_dir``."""
+    for logger in trainer.loggers:
+        folder = logger.save_dir if isinstance(logger, WandbLogger) else getattr(logger, "log_dir", None)
+        return None if folder is None else str(folder)
+    return None
+
+
+def _grid_dir(trainer: Trainer) -> str | None:
+    """Where this fit's ``GridEvaluation`` writes its final grid, if it has one."""
+    for callback in trainer.callbacks:
+        if hasattr(callback, "grid_dir") and callback.grid_dir is not None:
+            return str(callback.grid_dir)
+    return None
 
 
 def continue_log(trainer: Trainer, checkpoint: dict) -> list[Path]:

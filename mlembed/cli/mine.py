@@ -18,6 +18,7 @@ from mlembed.mining import (
     check_window,
     load_text_encoder,
     mine,
+    model_identity,
     read_pairs,
 )
 
@@ -102,6 +103,8 @@ def _run(argv: Sequence[str] | None) -> int:
         if getattr(search, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} ({getattr(search, name)}) must be at least 1")
     point = parse_point(args.point)
+    if point is not None and all(value is None for value in point):
+        point = None  # the full point: nothing to rescore
     check_paths([Path(p) for p in args.input], [Path(p) for p in args.corpus], Path(args.output))
     pairs = read_pairs(args.input, args.corpus, per_source=settings.per_source)  # bad input before any model loads
     check_window(settings, pairs)
@@ -113,9 +116,12 @@ def _run(argv: Sequence[str] | None) -> int:
                                         flag="--filter-model")
     elif point is not None:
         rescorer = PointEncoder(embedder, (None, None, None), args.batch_size)  # the same weights, the full point
-    identity = {"model": args.model, "point": point, "filter_model": args.filter_model}
+    identity = model_identity(args.model, point=point, device=args.device)
+    rescorer_identity = (model_identity(args.filter_model, device=args.device) if args.filter_model
+                         else {**identity, "point": None})
     summary = mine(encoder, args.input, args.output, corpus_files=args.corpus, settings=settings, search=search,
-                   rescorer=rescorer, overwrite=args.overwrite, identity=identity, pairs=pairs,
+                   rescorer=rescorer, overwrite=args.overwrite, identity=identity, rescorer_identity=rescorer_identity,
+                   pairs=pairs,
                    log=lambda line: print(line, file=sys.stderr))
     skipped = {k: v for k, v in summary["skipped"].items() if v and k not in ("candidates", "short")}
     print(f"mined {summary['negatives']:,} negatives for {summary['records']:,} records ({summary['queries']:,} "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
@@ -41,6 +41,9 @@ class ShardInfo:
     them): the prompts a trained model's export declares. Absent in manifests written before they were kept."""
     languages: dict[str, int] | None = None
     """Samples per language tag, of the records that named their languages (absent when none did)."""
+
+
+SHARD_FIELDS = frozenset(f.name for f in fields(ShardInfo))
 
 
 @dataclass
@@ -127,7 +130,9 @@ class ShardManifest:
             )
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls(
-            shards=[ShardInfo(**s) for s in data["shards"]], invalid=data.get("invalid", 0),
+            # Fields a later version added are skipped, so an older mlembed still reads the shards.
+            shards=[ShardInfo(**{k: v for k, v in s.items() if k in SHARD_FIELDS}) for s in data["shards"]],
+            invalid=data.get("invalid", 0),
             invalid_reasons=data.get("invalid_reasons", {}), invalid_examples=data.get("invalid_examples", []),
             sampling=data.get("sampling"),
         )

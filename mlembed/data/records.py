@@ -102,7 +102,7 @@ def _languages(obj: dict, file: str, line: int) -> list[str]:
         raise RecordError(file, line, f"field 'languages' must be a list of language tags, got {type(values).__name__}")
     values = list(values.tolist() if hasattr(values, "tolist") else values)
     for value in values:
-        if not isinstance(value, str) or not LANGUAGE_CODE.match(value):
+        if not isinstance(value, str) or not LANGUAGE_CODE.fullmatch(value):
             raise RecordError(file, line, f"language {value!r} is not a language tag (ISO 639, like 'en' or 'pt-BR')")
     return values
 

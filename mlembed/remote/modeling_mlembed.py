@@ -21,6 +21,7 @@ were never trained get one warning naming the trained ones.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 
 import torch
@@ -34,6 +35,8 @@ MODEL_TYPE = "mlembed_factorized"
 """The export's own ``model_type``."""
 BASE_KEY = "base_model"
 """The config entry holding the exported base architecture's own config (with its ``model_type``)."""
+_POINT_LOCK = threading.RLock()
+"""Held by every forward: a call at a smaller point changes the shared model while it runs."""
 TRAINED_KEYS = {"rank": "mlembed_ranks", "depth": "mlembed_depths"}
 """The config entries listing the trained ranks and depths the export serves (for the untrained-point warning)."""
 
@@ -102,6 +105,7 @@ class MLEmbedFactorizedModel(PreTrainedModel):
         dense = self.model.get_input_embeddings()
         self.model.set_input_embeddings(
             FactorizedTokenEmbedding(dense.num_embeddings, dense.embedding_dim, int(getattr(config, RANK_KEY))))
+        self._as_loaded = None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -117,8 +121,12 @@ class MLEmbedFactorizedModel(PreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, mlembed_rank: int | None = None,
                 mlembed_depth: int | None = None, **kwargs):
-        """The base model's outputs at (``mlembed_rank``, ``mlembed_depth``); None: the export's own value."""
-        with self.at_point(rank=mlembed_rank, depth=mlembed_depth):
+        """The base model's outputs at (``mlembed_rank``, ``mlembed_depth``); None: the export's own value.
+
+        Calls are serialised (one lock per process): a call at a smaller point changes the model for its duration,
+        and another thread's call must never see it that way.
+        """
+        with _POINT_LOCK, self.at_point(rank=mlembed_rank, depth=mlembed_depth):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     @contextlib.contextmanager
@@ -126,29 +134,44 @@ class MLEmbedFactorizedModel(PreTrainedModel):
         """Run the leading ``rank`` ranks of the factors and the first ``depth`` layers inside the context.
 
         No weight is copied: the factors are sliced and the layer list is swapped for its prefix (with the config's
-        layer count and per-layer lists to match), then everything is put back.
+        layer count and per-layer lists to match), then everything is put back to the model as loaded (found once,
+        on the first call at a point, so what is restored never depends on another call).
         """
-        embedding = self.get_input_embeddings()
-        rank = self._checked("rank", rank, embedding.rank)
-        parent, attr, layers = self._layer_list()
-        depth = self._checked("depth", depth, len(layers))
-        config = self.model.config
-        changes = {"num_hidden_layers": depth}
-        if isinstance(getattr(config, "layer_types", None), (list, tuple)):
-            changes["layer_types"] = list(config.layer_types)[:depth]
-        saved = {key: getattr(config, key) for key in changes}
-        embedding.active_rank = rank
-        if depth < len(layers):
-            setattr(parent, attr, nn.ModuleList(list(layers)[:depth]))
-        for key, value in changes.items():
-            setattr(config, key, value)
-        try:
+        if rank is None and depth is None:  # the export's own point: nothing to change
             yield self
-        finally:
-            embedding.active_rank = embedding.rank
-            setattr(parent, attr, layers)
-            for key, value in saved.items():
+            return
+        with _POINT_LOCK:
+            embedding = self.get_input_embeddings()
+            rank = self._checked("rank", rank, embedding.rank)
+            parent, attr, layers, full = self._full_model()
+            depth = self._checked("depth", depth, len(layers))
+            config = self.model.config
+            changes = {"num_hidden_layers": depth}
+            if full.get("layer_types") is not None:
+                changes["layer_types"] = list(full["layer_types"])[:depth]
+            embedding.active_rank = rank
+            if depth < len(layers):
+                setattr(parent, attr, nn.ModuleList(list(layers)[:depth]))
+            for key, value in changes.items():
                 setattr(config, key, value)
+            try:
+                yield self
+            finally:
+                embedding.active_rank = embedding.rank
+                setattr(parent, attr, layers)
+                for key, value in full.items():
+                    setattr(config, key, value)
+
+    def _full_model(self) -> tuple[nn.Module, str, nn.ModuleList, dict]:
+        """The layer list and the depth fields of the config as loaded (found on first use, then kept)."""
+        if self._as_loaded is None:
+            parent, attr, layers = self._layer_list()
+            config = self.model.config
+            full = {"num_hidden_layers": config.num_hidden_layers}
+            if isinstance(getattr(config, "layer_types", None), (list, tuple)):
+                full["layer_types"] = list(config.layer_types)
+            self._as_loaded = (parent, attr, layers, full)  # a tuple: not registered as a submodule
+        return self._as_loaded
 
     def _checked(self, name: str, value: int | None, full: int) -> int:
         if value is None:
