@@ -260,6 +260,8 @@ def embed_to_memmap(encoder: TextEncoder, texts: Sequence[str], instructions: Se
         if matrix is None:
             matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(texts), vectors.shape[1]))
         matrix[np.asarray(ids)] = vectors.to(torch.float16).numpy()
+        del vectors
+        _release_memory()
         matrix.flush()
         _write_atomic(done_file, str(n + 1))
         if progress is not None:
@@ -267,6 +269,20 @@ def embed_to_memmap(encoder: TextEncoder, texts: Sequence[str], instructions: Se
     if matrix is None:  # nothing to embed (empty) cannot happen: read_pairs refuses an empty corpus
         raise ValueError("nothing to embed")
     return matrix
+
+
+def _release_memory() -> None:
+    """Give the memory a chunk's forward passes freed back to the system (glibc keeps it otherwise, and the next
+    chunk's activations then land on top of it: the peak grows with each phase instead of staying one chunk's)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            pass
 
 
 # -- the search ----------------------------------------------------------------------------------------------
