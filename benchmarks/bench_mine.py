@@ -1,8 +1,8 @@
 """``mlembed mine`` against sentence-transformers' ``mine_hard_negatives``: same model, settings and real text.
 
 The text is Django's translated UI strings (shipped with Django): each pair is one message in two languages (the
-translation of one locale as the query, of the next locale that has it as the positive), every query and
-positive distinct. For each corpus size both miners run in a fresh process with all-MiniLM-L6-v2 as a
+translation of one locale as the query, of the next locale that has it as the positive), the queries distinct and
+the positives distinct. For each corpus size both miners run in a fresh process with all-MiniLM-L6-v2 as a
 sentence-transformers model (loaded the same way, batch size 64, one thread each... torch's default threads),
 7 negatives, a window of 70, ``relative_margin`` 0.05, top sampling, candidates from the whole corpus. Printed, in
 this one run:
@@ -32,18 +32,20 @@ BATCH = 64
 
 
 def pairs(count: int) -> list[tuple[str, str]]:
-    """``count`` (query, positive) pairs of one Django message in two languages, all texts distinct."""
+    """``count`` (query, positive) pairs of one Django message in two languages: the queries distinct, the
+    positives (the corpus) distinct."""
     from mlembed.demo.data import django_pairs
 
     by_message: dict[str, list[str]] = {}
     for _, rows in sorted(django_pairs().items()):
         for source, translation in rows:
             by_message.setdefault(source, []).append(translation)
-    out, seen = [], set()
-    for translations in by_message.values():
+    out, queries, positives = [], set(), set()
+    for translations in by_message.values():  # a chain: each translation the query of the next one
         for query, positive in zip(translations, translations[1:]):
-            if query not in seen and positive not in seen and query != positive:
-                seen.update((query, positive))
+            if query not in queries and positive not in positives and query != positive:
+                queries.add(query)
+                positives.add(positive)
                 out.append((query, positive))
     if len(out) < count:
         raise SystemExit(f"only {len(out)} distinct pairs in Django's translations; asked for {count}")
