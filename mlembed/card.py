@@ -50,6 +50,7 @@ class TrainingRecord:
     workdir: Path | None = None
     checkpoint: Path | None = None
     grid_dir: Path | None = None
+    _manifests: list | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, checkpoint: dict[str, Any]) -> TrainingRecord:
@@ -94,15 +95,19 @@ class TrainingRecord:
         return [(n, data[f"stage{n}"]) for n in (1, 2) if isinstance(data.get(f"stage{n}"), dict)]
 
     def manifests(self) -> list[tuple[int, str, Any]]:
-        """``(stage, directory, ShardManifest)`` of every recorded shard directory that has a manifest."""
+        """``(stage, directory, ShardManifest)`` of every recorded shard directory that has a manifest (read once:
+        the card asks for them in several sections)."""
         from mlembed.data.manifest import MANIFEST_NAME, ShardManifest
 
+        if self._manifests is not None:
+            return self._manifests
         out = []
         for number, stage in self.stages():
             for entry in stage.get("shards") or []:
                 directory = self.resolve(str(entry))
                 if (directory / MANIFEST_NAME).is_file():
                     out.append((number, str(entry), ShardManifest.load(directory)))
+        self._manifests = out
         return out
 
 

@@ -437,7 +437,9 @@ def file_identity(path: Path) -> dict:
 def model_identity(name: str, **more: object) -> dict:
     """What names a model for a resume: its path's files (size and time: a checkpoint rewritten since differs),
     or its hub id, and ``more`` (the point, the device)."""
-    path = Path(name)
+    from mlembed.paths import resolve_path
+
+    path = Path(resolve_path(name))  # a pkg:// name by the files it stands for (called after the model loaded)
     if path.is_file():
         files = [file_identity(path)]
     elif path.is_dir():
@@ -495,8 +497,15 @@ def is_mlembed_model(path: Path) -> bool:
 def load_text_encoder(name: str, *, point: tuple | None = None, device: str = "cpu", batch_size: int = 64,
                       flag: str = "--model") -> tuple[TextEncoder, object | None]:
     """The model ``name`` (an mlembed checkpoint or export, else a sentence-transformers model) as a TextEncoder,
-    and the mlembed model it wraps (None for sentence-transformers), so a second point can share its weights."""
-    path = Path(name)
+    and the mlembed model it wraps (None for sentence-transformers), so a second point can share its weights.
+    ``pkg://package/path`` names a model inside an installed package; hub ids are sentence-transformers' to
+    resolve."""
+    from mlembed.paths import resolve_path
+
+    try:
+        path = Path(resolve_path(name, flag))
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
     try:
         if is_mlembed_model(path):
             import mlembed
@@ -510,7 +519,7 @@ def load_text_encoder(name: str, *, point: tuple | None = None, device: str = "c
             raise ValueError(f"--point needs an mlembed model (a checkpoint or an export); {name} is not one")
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformerEncoder(SentenceTransformer(name, device=device), batch_size), None
+        return SentenceTransformerEncoder(SentenceTransformer(str(path), device=device), batch_size), None
     except ValueError as err:
         if str(err).startswith("--point"):
             raise

