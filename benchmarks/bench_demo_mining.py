@@ -45,7 +45,7 @@ MINE_FLAGS = ["--num-negatives", "9", "--range-min", "10", "--range-max", "50", 
 OUT_OF_DOMAIN = {"lee": "spearman", "wiki": "ndcg@10", "sphinx": "accuracy"}
 IN_DOMAIN = {"dialogue": "ndcg@10"}
 KEY_POINTS = {"full": (None, None, None), "rank 32": (32, None, None), "rank 64": (64, None, None),
-              "depth 2": (None, 2, None), "dim 64": (None, None, 64), "(64, 2, 64)": (64, 2, 64)}
+              "depth 2": (None, 2, None), "dim 64": (None, None, 64), "rank 64, depth 2, dim 64": (64, 2, 64)}
 RECORD_FIELDS = [f.name for f in fields(Record) if f.name != "languages"]
 
 

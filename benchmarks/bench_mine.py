@@ -9,7 +9,10 @@ this one run:
 
 - samples (pairs) per second of the mining call (embedding included; model loading excluded), and the ratio;
 - peak memory: the process's peak RSS above its RSS once the model was loaded, and the ratio;
-- overlap: the share of sentence-transformers' negatives that mlembed also chose, row by row.
+- overlap: the share of sentence-transformers' negatives that mlembed also chose, row by row;
+- the share of queries that are passages too (the chain makes most of them so): mlembed embeds such a query once,
+  as a passage, where sentence-transformers embeds it again as a query. Speed beyond that reuse is not expected:
+  both spend nearly all their time in the same forward passes.
 
     python benchmarks/bench_mine.py [--sizes 5000 10000 20000 40000]
 """
@@ -99,7 +102,7 @@ def main() -> None:
     print(f"all-MiniLM-L6-v2 (sentence-transformers), Django translations; 7 negatives, window 70, relative "
           f"margin 0.05, batch {BATCH}, each miner in a fresh process\n")
     header = (f"{'passages':>8} | {'ST pairs/s':>10} {'mlembed':>8} {'speed x':>8} | {'ST peak MiB':>11} "
-              f"{'mlembed':>8} {'memory x':>8} | {'overlap':>7}")
+              f"{'mlembed':>8} {'memory x':>8} | {'overlap':>7} | {'queries also passages':>21}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -114,9 +117,12 @@ def main() -> None:
                   for q, negs in st["chosen"].items() if negs]
         overlap = sum(shared) / max(len(shared), 1)
         mib = 2**20
+        data = pairs(size)
+        passages = {p for _, p in data}
+        both = sum(q in passages for q in {q for q, _ in data}) / len({q for q, _ in data})
         print(f"{size:>8} | {size / st['seconds']:>10.1f} {size / ours['seconds']:>8.1f} "
               f"{st['seconds'] / ours['seconds']:>8.2f} | {st['peak'] / mib:>11.1f} {ours['peak'] / mib:>8.1f} "
-              f"{ours['peak'] / max(st['peak'], 1):>8.3f} | {overlap:>7.3f}")
+              f"{ours['peak'] / max(st['peak'], 1):>8.3f} | {overlap:>7.3f} | {both:>21.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -186,12 +186,17 @@ def worker(point: dict, args) -> dict:
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
-def measure(point: dict, argv: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, *argv, "--point", json.dumps(point)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"point {point} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def measure(point: dict, argv: list[str]) -> subprocess.Popen:
+    """Start the worker that measures ``point`` (its own process: its own peak RSS); ``result`` reads it."""
+    return subprocess.Popen([sys.executable, __file__, *argv, "--point", json.dumps(point)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def result(point: dict, worker: subprocess.Popen) -> dict:
+    out, err = worker.communicate()
+    if worker.returncode != 0:
+        raise SystemExit(f"point {point} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def slope(series: list[dict], key: str) -> float:
@@ -285,6 +290,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=32, help="pairs per step on the MRL and MLL axes")
     parser.add_argument("--out", default=str(HERE / "results"), help="where the PNG and the table go")
     parser.add_argument("--smoke", action="store_true", help="toy sizes, two points per axis (seconds)")
+    parser.add_argument("--jobs", type=int, default=1, help="points measured at once (more than 1 only to check "
+                        "the code paths: side by side, the points' times are not comparable)")
     parser.add_argument("--replot", action="store_true", help="redraw the PNG from the table in --out (no measuring)")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: measure one point
     args = parser.parse_args()
@@ -299,9 +306,13 @@ def main() -> None:
     begin = time.perf_counter()
     argv = ["--repeats", str(args.repeats), "--threads", str(args.threads), "--pairs", str(args.pairs)]
     argv += ["--smoke"] if args.smoke else []
-    results = []
-    for point in points(args):
-        measured = measure(point, argv)
+    results, todo = [], points(args)
+    # One point at a time unless --jobs says otherwise: points measured side by side slow each other's steps.
+    workers = [measure(point, argv) for point in todo[: args.jobs]]
+    for i, point in enumerate(todo):
+        measured = result(point, workers[i])
+        if i + args.jobs < len(todo):
+            workers.append(measure(todo[i + args.jobs], argv))
         results.append({k: v for k, v in point.items() if k in ("axis", "series", "x")} | measured)
         print(f"  {point['axis']:<16} {point['series']:<26} {point['x']:>8,}: {measured['seconds'] * 1e3:9.1f} ms, "
               f"peak step {measured['bytes'] / MiB:8.1f} MiB", flush=True)

@@ -5,6 +5,7 @@ peak memory of a process tree (import as ``from common import``; the scripts run
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -75,15 +76,32 @@ def interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int) ->
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def in_subprocesses(script: str, names, argv: list[str]) -> dict[str, dict]:
+def in_subprocesses(script: str, names, argv: list[str], jobs: int | None = None) -> dict[str, dict]:
     """Run ``script argv --memory-worker NAME`` once per name, each in a fresh process (its own peak RSS), and
-    return the JSON dict each printed on its last line."""
-    results = {}
+    return the JSON dict each printed on its last line.
+
+    Up to ``jobs`` (default: the CPU count) run at once: a process's peak RSS is its own whatever runs beside it,
+    so the workers measure memory only, never time.
+    """
+    names, results = list(names), {}
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    running: dict[str, subprocess.Popen] = {}
+
+    def finish(name: str) -> None:
+        process = running.pop(name)
+        out, err = process.communicate()
+        if process.returncode != 0:
+            raise subprocess.CalledProcessError(process.returncode, process.args, out, err)
+        results[name] = json.loads(out.strip().splitlines()[-1])
+
     for name in names:
-        done = subprocess.run([sys.executable, script, *argv, "--memory-worker", name],
-                              capture_output=True, text=True, check=True)
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    return results
+        if len(running) >= jobs:
+            finish(next(iter(running)))
+        running[name] = subprocess.Popen([sys.executable, script, *argv, "--memory-worker", name],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while running:
+        finish(next(iter(running)))
+    return {name: results[name] for name in names}
 
 
 # -- peak memory of a process tree (a command and the workers it starts) -----------------------------------

@@ -118,7 +118,12 @@ class SearchSettings:
 
 
 class TextEncoder(Protocol):
-    """What mining needs of a model: unit vectors of texts (queries with their instruction, if any)."""
+    """What mining needs of a model: unit vectors of texts (queries with their instruction, if any).
+
+    An encoder may also have ``query_is_passage(instruction) -> bool``: True when a query with that instruction
+    is embedded exactly as a passage of the same text, so a query text that is also in the corpus reuses the
+    passage's vector instead of a second forward pass (without the method, every query is embedded).
+    """
 
     name: str
 
@@ -268,6 +273,36 @@ def embed_to_memmap(encoder: TextEncoder, texts: Sequence[str], instructions: Se
             progress(len(ids))
     if matrix is None:  # nothing to embed (empty) cannot happen: read_pairs refuses an empty corpus
         raise ValueError("nothing to embed")
+    return matrix
+
+
+def _embed_queries(encoder: TextEncoder, pairs: Pairs, corpus: np.ndarray, work: Path, chunk: int, bar,
+                   log: Callable[[str], None]) -> np.ndarray:
+    """The queries' unit vectors as a float16 memmap (``queries.npy``): a query embedded exactly as a passage (see
+    ``TextEncoder``) whose text is in the corpus takes the passage's vector; the others are embedded (resumable,
+    into ``queries-own.npy``)."""
+    same = getattr(encoder, "query_is_passage", None)
+    index = {text: i for i, text in enumerate(pairs.corpus)} if same is not None else {}
+    reused = {q: index[text] for q, (_, instruction, text) in enumerate(pairs.queries)
+              if text in index and same(instruction)}
+    own = [q for q in range(len(pairs.queries)) if q not in reused]
+    if reused:
+        log(f"{len(reused):,} of the {len(pairs.queries):,} queries are passages too: their passage vectors are reused")
+    matrix = np.lib.format.open_memmap(work / "queries.npy", mode="w+", dtype=np.float16,
+                                       shape=(len(pairs.queries), corpus.shape[1]))
+    if reused:
+        rows, ids = np.fromiter(reused, dtype=np.int64), np.fromiter(reused.values(), dtype=np.int64)
+        for start in range(0, len(rows), chunk):  # a chunk at a time: memory stays bounded
+            matrix[rows[start:start + chunk]] = corpus[ids[start:start + chunk]]
+    if own:
+        with bar(len(own), "embedding the queries") as b:
+            vectors = embed_to_memmap(encoder, [pairs.queries[q][2] for q in own],
+                                      [pairs.queries[q][1] for q in own], work / "queries-own.npy", chunk=chunk,
+                                      progress=b.update)
+        rows = np.asarray(own, dtype=np.int64)
+        for start in range(0, len(rows), chunk):
+            matrix[rows[start:start + chunk]] = vectors[start:start + chunk]
+    matrix.flush()
     return matrix
 
 
@@ -468,6 +503,9 @@ class PointEncoder:
         rank, depth, dim = point
         self.name = f"mlembed model at rank {rank or 'full'}, depth {depth or 'full'}, dim {dim or 'full'}"
 
+    def query_is_passage(self, instruction: str | None) -> bool:
+        return instruction is None  # an instruction goes before the query's text, never a passage's
+
     def encode(self, texts: Sequence[str], instruction: str | None = None) -> torch.Tensor:
         rank, depth, dim = self.point
         return self.embedder.encode(list(texts), instruction=instruction, batch_size=self.batch_size, rank=rank,
@@ -479,6 +517,9 @@ class SentenceTransformerEncoder:
 
     def __init__(self, model, batch_size: int) -> None:
         self.model, self.batch_size, self.name = model, batch_size, "sentence-transformers model"
+
+    def query_is_passage(self, instruction: str | None) -> bool:
+        return True  # queries and passages both go through ``encode``, the instruction unused
 
     def encode(self, texts: Sequence[str], instruction: str | None = None) -> torch.Tensor:
         vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
@@ -595,10 +636,7 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
     with bar(len(pairs.corpus), "embedding the corpus") as b:
         corpus = embed_to_memmap(encoder, pairs.corpus, [None] * len(pairs.corpus), work / "corpus.npy",
                                  chunk=search.chunk, progress=b.update)
-    texts, instructions = [q[2] for q in pairs.queries], [q[1] for q in pairs.queries]
-    with bar(len(texts), "embedding the queries") as b:
-        queries = embed_to_memmap(encoder, texts, instructions, work / "queries.npy", chunk=search.chunk,
-                                  progress=b.update)
+    queries = _embed_queries(encoder, pairs, corpus, work, search.chunk, bar, log)
     blocks = _search(pairs, corpus, queries, window, search, work, bar)
     scorer = _Rescorer(pairs, blocks, rescorer, search, work, bar) if rescorer is not None else None
     chosen_ids = np.full((len(pairs.queries), settings.num_negatives), -1, dtype=np.int64)

@@ -131,7 +131,8 @@ def test_e2e_benchmark_runs_both_pipelines_and_prints_ratios_at_a_toy_size():
 
 
 def test_scaling_benchmark_writes_its_figure_and_table_at_a_toy_size(tmp_path):
-    out = run(str(ROOT / "benchmarks/bench_scaling.py"), "--smoke", "--threads", "1", "--out", str(tmp_path))
+    out = run(str(ROOT / "benchmarks/bench_scaling.py"), "--smoke", "--threads", "1", "--jobs", "2", "--out",
+              str(tmp_path))
     table = (tmp_path / "bench_scaling.md").read_text()
     png = (tmp_path / "bench_scaling.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -183,8 +184,9 @@ def test_serving_benchmark_holds_one_model_for_every_point_and_times_each():
 def test_mining_benchmark_runs_both_miners_on_the_same_text_and_they_agree():
     out = run(str(ROOT / "benchmarks/bench_mine.py"), "--sizes", "200")
     row = next(line for line in out.splitlines() if line.strip().startswith("200 |"))
-    overlap = float(row.split("|")[-1])
+    overlap, reused = float(row.split("|")[-2]), float(row.split("|")[-1])
     assert overlap > 0.9  # the same model, settings and text: mostly the same negatives (ties and windows aside)
+    assert 0.5 < reused <= 1.0  # the chained pairs: most queries are another pair's positive
 
 
 def test_cheap_point_mining_benchmark_reports_time_rescoring_and_overlap(tmp_path):

@@ -424,3 +424,49 @@ def test_an_interrupted_overwrite_resumes_and_other_blocks_keep_the_embeddings(e
     fresh = tmp_path / "fresh"
     mine(encoder, [records], fresh, settings=settings, log=lambda _: None)
     assert (out / records.name).read_bytes() == (fresh / records.name).read_bytes()
+
+
+class Counting:
+    """Another encoder's vectors, counting the texts it is asked to embed."""
+
+    name = "counting"
+
+    def __init__(self, inner) -> None:
+        self.inner, self.embedded = inner, 0
+
+    def encode(self, texts, instruction=None):
+        self.embedded += len(texts)
+        return self.inner.encode(texts, instruction)
+
+
+class CountingSymmetric(Counting):
+    """... and declaring that a query without an instruction is embedded as a passage (as mlembed models do)."""
+
+    def query_is_passage(self, instruction):
+        return instruction is None
+
+
+def test_a_query_that_is_also_a_passage_reuses_its_vector_and_the_negatives_are_unchanged(encoder, tmp_path):
+    # A chain of sentences (each the positive of one row and the query of the next), as dialogues and
+    # translation chains are; the second source's rows carry an instruction, so their queries are embedded.
+    sentences = [s for pair in lee_pairs(40) for s in pair]
+    rows = [{"id": f"c{i}", "query": a, "positive": b, "source": "chain" if i % 5 else "instructed",
+             **({} if i % 5 else {"instruction": "Find the next sentence"})}
+            for i, (a, b) in enumerate(zip(sentences, sentences[1:]))]
+    records = tmp_path / "chain.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    settings = MineSettings(num_negatives=3, sampling="random", seed=3)
+    runs = {}
+    for name, counting in (("every query", Counting(encoder)), ("reused", CountingSymmetric(encoder))):
+        out = tmp_path / name.replace(" ", "-")
+        mine(counting, [records], out, settings=settings, search=SearchSettings(chunk=7), log=lambda _: None,
+             keep_work=True)
+        runs[name] = (counting.embedded, (out / records.name).read_text(), np.load(out / WORK / "queries.npy"))
+    passages = {r["positive"] for r in rows}
+    embedded_queries = [r for r in rows if r["query"] not in passages or "instruction" in r]
+    assert 0 < len(embedded_queries) < len(rows) // 2  # the chain's first query, and the instructed ones
+    assert runs["every query"][0] == len(passages) + len(rows)
+    assert runs["reused"][0] == len(passages) + len(embedded_queries)
+    assert runs["reused"][1] == runs["every query"][1]  # the same negatives, row for row
+    assert np.array_equal(runs["reused"][2], runs["every query"][2])  # the same query vectors, bit for bit
+    assert_equal_to_brute_force(tmp_path / "reused", records, settings)
