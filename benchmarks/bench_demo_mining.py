@@ -5,18 +5,20 @@ no model chose: replies of similar length, drawn at random. This script mines mo
 ``mlembed mine`` and the demo's own starting model (all-MiniLM-L6-v2), then trains the demo twice with everything
 else equal (same seed, same records in the same shards, only the dialogue records' negatives differ):
 
-- ``length``: the demo's negatives, as built;
-- ``mined``: ``mlembed mine --num-negatives 9 --range-min 10 --range-max 50 --max-score 0.8 --relative-margin
-  0.05 --sampling random`` (the recipe sentence-transformers' documentation gives, not tuned here), per source.
+- ``as built``: the demo's negatives (trained once: a later recipe reuses its grid);
+- ``mined``: ``mlembed mine`` per source with ``--recipe docs`` (sentence-transformers' documented example, not
+  tuned here: ``--range-min 10 --range-max 50 --max-score 0.8 --relative-margin 0.05 --sampling random``) or
+  ``--recipe top`` (the 9 nearest replies scoring at most 0.8).
 
 Each run scores its 3D-ML model on the grid (the starting model and the plain fine-tune are the same in both runs,
 so they are left out). Printed: the seconds ``mlembed mine`` took (the whole command, model loading included), and
 each run's out-of-domain score (the mean of Lee STS, Wikipedia retrieval and Sphinx bitext) at the README's key
 points and over the whole grid, with the in-domain dialogue score beside it.
 
-    python benchmarks/bench_demo_mining.py [--data data/demo] [--out runs/demo-mining] [--mine-only]
+    python benchmarks/bench_demo_mining.py [--recipe docs|top] [--data data/demo] [--out runs/demo-mining]
 
-About 15 minutes on 2 CPU cores (two demo trainings, each with one grid).
+About 15 minutes on 2 CPU cores (two demo trainings, each with one grid); ``--mine-only`` times the mining
+alone, ``--report-only`` prints the table of finished runs.
 """
 
 from __future__ import annotations
@@ -40,8 +42,14 @@ from mlembed.data.stream import read_samples
 from mlembed.demo.data import build_demo
 
 ROOT = Path(__file__).resolve().parent.parent
-MINE_FLAGS = ["--num-negatives", "9", "--range-min", "10", "--range-max", "50", "--max-score", "0.8",
-              "--relative-margin", "0.05", "--sampling", "random", "--seed", "0"]
+RECIPES = {
+    # sentence-transformers' documented example, with the demo's 9 negatives
+    "docs": ["--num-negatives", "9", "--range-min", "10", "--range-max", "50", "--max-score", "0.8",
+             "--relative-margin", "0.05", "--sampling", "random", "--seed", "0"],
+    # the 9 nearest replies under a ceiling: every row gets its negatives
+    "top": ["--num-negatives", "9", "--max-score", "0.8", "--sampling", "top"],
+}
+"""``mlembed mine`` flags of each ``--recipe``."""
 OUT_OF_DOMAIN = {"lee": "spearman", "wiki": "ndcg@10", "sphinx": "accuracy"}
 IN_DOMAIN = {"dialogue": "ndcg@10"}
 KEY_POINTS = {"full": (None, None, None), "rank 32": (32, None, None), "rank 64": (64, None, None),
@@ -60,16 +68,17 @@ def stage2_records_of(directory: Path) -> list[dict]:
     return list(read_samples([str(directory / info.path) for info in manifest.shards if info.split == "train"]))
 
 
-def mine_dialogues(rows: list[dict], work: Path) -> tuple[dict[str, list[str]], float]:
+def mine_dialogues(rows: list[dict], work: Path, recipe: str = "docs") -> tuple[dict[str, list[str]], float]:
     """Run ``mlembed mine`` over the dialogue rows; their new negatives by id, and the command's seconds."""
     source = work / "dialogue.jsonl"
     source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    target = work / f"mined-{recipe}"
     command = [sys.executable, "-m", "mlembed", "mine", "--model", minilm_dir(), "--input", str(source),
-               "--output", str(work / "mined"), "--overwrite", *MINE_FLAGS]
+               "--output", str(target), "--overwrite", *RECIPES[recipe]]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    mined = [json.loads(line) for line in (work / "mined" / "dialogue.jsonl").read_text(encoding="utf-8").splitlines()]
+    mined = [json.loads(line) for line in (target / "dialogue.jsonl").read_text(encoding="utf-8").splitlines()]
     return {r["id"]: r["negatives"] for r in mined}, seconds
 
 
@@ -104,7 +113,8 @@ def arm_config(shards: Path, root: Path, data: Path) -> Path:
 
 def grid_scores(root: Path) -> dict[tuple, dict[str, float]]:
     """(rank, depth, dim) -> main metric per task, from the run's ``grid.csv`` (full values as None)."""
-    [table] = sorted(root.glob("lightning_logs/version_*/grid/grid.csv"))[-1:]
+    [table] = sorted(root.glob("lightning_logs/version_*/grid/grid.csv"),
+                     key=lambda path: int(path.parent.parent.name.split("_")[1]))[-1:]  # the latest run's
     scores: dict[tuple, dict[str, float]] = {}
     wanted = {**OUT_OF_DOMAIN, **IN_DOMAIN}
     with table.open(newline="", encoding="utf-8") as handle:
@@ -158,25 +168,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/demo", help="the demo build (made there when missing)")
     parser.add_argument("--out", default="runs/demo-mining", help="where the mined records, shards and runs go")
+    parser.add_argument("--recipe", choices=RECIPES, default="docs", help="the mining flags: " + "; ".join(
+        f"{name}: {' '.join(flags)}" for name, flags in RECIPES.items()))
     parser.add_argument("--mine-only", action="store_true",
                         help="mine and write both arms' shards and configs, but train nothing (prints the seconds)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train an arm again even when --out holds its finished grid (by default it is reused)")
     parser.add_argument("--report-only", action="store_true", help="print the table of two finished runs in --out")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
-    arms = {"length": out / "length", "mined": out / "mined-arm"}
+    arms = {"as built": out / "length", f"mined ({args.recipe})": out / f"arm-{args.recipe}"}
     seconds = None
     if not args.report_only:
         build_demo(data)
         out.mkdir(parents=True, exist_ok=True)
         rows = stage2_records(data)
         dialogue = [r for r in rows if r["source"].startswith("dialogue-")]
-        mined, seconds = mine_dialogues(dialogue, out)
-        print(f"mined {len(mined)} dialogue records in {seconds:.1f} s", flush=True)
+        mined, seconds = mine_dialogues(dialogue, out, args.recipe)
+        few = sum(len(negatives) < 3 for negatives in mined.values())
+        print(f"mined {len(mined)} dialogue records in {seconds:.1f} s; {few} got fewer than the 3 a stage-2 "
+              f"retrieval row draws (the loader pads them with other rows' positives)", flush=True)
         for name, root in arms.items():
             root.mkdir(parents=True, exist_ok=True)
-            shards = write_arm(rows, mined if name == "mined" else {}, root / "stage2-train")
+            shards = write_arm(rows, {} if name == "as built" else mined, root / "stage2-train")
             config = arm_config(shards, root, data)
-            if not args.mine_only:
+            finished = any(root.glob("lightning_logs/version_*/grid/grid.csv"))
+            if not args.mine_only and (args.retrain or not finished):
                 subprocess.run([sys.executable, "-m", "mlembed", "fit", "--config", str(config)], check=True,
                                stdin=subprocess.DEVNULL)
         if args.mine_only:

@@ -11,8 +11,13 @@ this one run:
 - peak memory: the process's peak RSS above its RSS once the model was loaded, and the ratio;
 - overlap: the share of sentence-transformers' negatives that mlembed also chose, row by row;
 - the share of queries that are passages too (the chain makes most of them so): mlembed embeds such a query once,
-  as a passage, where sentence-transformers embeds it again as a query. Speed beyond that reuse is not expected:
-  both spend nearly all their time in the same forward passes.
+  as a passage, where sentence-transformers embeds it again as a query.
+
+Both spend nearly all their time in the model's forward passes. mlembed makes fewer of them (the reuse above) and
+cheaper ones: it orders texts by their length in tokens before batching, where sentence-transformers orders them by
+characters. In 98 languages, characters per token vary several-fold, so a batch ordered by characters mixes short
+and long token sequences and pads them to the longest: on the 20,000 passages, 620,320 token slots for 295,034
+real tokens, against 305,440 in token order.
 
     python benchmarks/bench_mine.py [--sizes 5000 10000 20000 40000]
 """

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import stop
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -301,6 +302,8 @@ def main() -> None:
     if args.point:
         print(json.dumps(worker(json.loads(args.point), args)))
         return
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.smoke:
         args.repeats = 1
     begin = time.perf_counter()
@@ -310,7 +313,11 @@ def main() -> None:
     # One point at a time unless --jobs says otherwise: points measured side by side slow each other's steps.
     workers = [measure(point, argv) for point in todo[: args.jobs]]
     for i, point in enumerate(todo):
-        measured = result(point, workers[i])
+        try:
+            measured = result(point, workers[i])
+        except BaseException:
+            stop(workers[i:])  # the points still running stop too
+            raise
         if i + args.jobs < len(todo):
             workers.append(measure(todo[i + args.jobs], argv))
         results.append({k: v for k, v in point.items() if k in ("axis", "series", "x")} | measured)
@@ -320,7 +327,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     text = table(results)
     header = (f"CPU, {args.threads} threads, {os.cpu_count()} cores, torch {torch.__version__}; step time: median of "
-              f"{args.repeats} steps; peak step memory: peak RSS growth over one warm step")
+              f"{args.repeats} steps; peak step memory: peak RSS growth over one warm step"
+              + (f"; {args.jobs} points at once: the times are NOT comparable" if args.jobs > 1 else ""))
     (out / "bench_scaling.md").write_text(f"{header}\n\n{text}\n")
     plot(results, out / "bench_scaling.png")
     print(f"\n{header}\n\n{text}\n\nwrote {out / 'bench_scaling.png'} and {out / 'bench_scaling.md'}")

@@ -90,18 +90,29 @@ def in_subprocesses(script: str, names, argv: list[str], jobs: int | None = None
     def finish(name: str) -> None:
         process = running.pop(name)
         out, err = process.communicate()
-        if process.returncode != 0:
-            raise subprocess.CalledProcessError(process.returncode, process.args, out, err)
+        if process.returncode != 0 or not out.strip():
+            raise SystemExit(f"memory worker {name!r} failed (exit {process.returncode}):\n{err[-3000:]}")
         results[name] = json.loads(out.strip().splitlines()[-1])
 
-    for name in names:
-        if len(running) >= jobs:
+    try:
+        for name in names:
+            if len(running) >= jobs:
+                finish(next(iter(running)))
+            running[name] = subprocess.Popen([sys.executable, script, *argv, "--memory-worker", name],
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while running:
             finish(next(iter(running)))
-        running[name] = subprocess.Popen([sys.executable, script, *argv, "--memory-worker", name],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while running:
-        finish(next(iter(running)))
+    finally:  # one failed (or an interrupt): the others stop too, rather than spoil what runs next
+        stop(list(running.values()))
     return {name: results[name] for name in names}
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """Kill and reap ``processes`` (those still running)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 # -- peak memory of a process tree (a command and the workers it starts) -----------------------------------

@@ -50,7 +50,7 @@ class TrainingRecord:
     workdir: Path | None = None
     checkpoint: Path | None = None
     grid_dir: Path | None = None
-    _manifests: list | None = field(default=None, repr=False, compare=False)
+    _manifests: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, checkpoint: dict[str, Any]) -> TrainingRecord:

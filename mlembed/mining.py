@@ -120,9 +120,14 @@ class SearchSettings:
 class TextEncoder(Protocol):
     """What mining needs of a model: unit vectors of texts (queries with their instruction, if any).
 
-    An encoder may also have ``query_is_passage(instruction) -> bool``: True when a query with that instruction
-    is embedded exactly as a passage of the same text, so a query text that is also in the corpus reuses the
-    passage's vector instead of a second forward pass (without the method, every query is embedded).
+    ``encode`` gets its texts longest first and should batch them in that order (one batch's texts are then of
+    about one length, and pad little). An encoder may also have:
+
+    - ``token_lengths(texts) -> list[int]``: each text's tokens, so "longest" counts tokens, not characters (in a
+      corpus of many scripts, characters per token vary several-fold; without it, characters are counted);
+    - ``query_is_passage(instruction) -> bool``: True when a query with that instruction is embedded exactly as
+      a passage of the same text, so a query text that is also in the corpus reuses the passage's vector
+      instead of a second forward pass (without it, every query is embedded).
     """
 
     name: str
@@ -240,14 +245,20 @@ def _corpus_rows(path: Path):
 
 
 # -- embedding into memory-mapped matrices ------------------------------------------------------------------
+EMBED_LAYOUT = "corpus, then the queries that are not passages; chunks in token-length order"
+"""What the work folder's embeddings hold (a folder saved by a version that embedded otherwise starts again)."""
+
+
 def embed_to_memmap(encoder: TextEncoder, texts: Sequence[str], instructions: Sequence[str | None], path: Path,
                     *, chunk: int, progress: Callable | None = None) -> np.memmap:
     """Unit vectors of ``texts`` as a float16 [N, dim] ``.npy`` memmap at ``path``, resumable by chunk.
 
-    Texts go in order of instruction, then longest first (little padding per batch); each chunk is written to
-    its rows, flushed, and only then counted in ``path.done``, so a killed run re-embeds at most one chunk.
+    Texts go in order of instruction, then longest first in tokens (little padding per batch); each chunk is
+    written to its rows, flushed, and only then counted in ``path.done``, so a killed run re-embeds at most one
+    chunk.
     """
-    order = sorted(range(len(texts)), key=lambda i: (instructions[i] or "", -len(texts[i]), i))
+    lengths = _lengths(encoder, texts)
+    order = sorted(range(len(texts)), key=lambda i: (instructions[i] or "", -lengths[i], i))
     chunks: list[list[int]] = []
     for i in order:  # a chunk holds one instruction: it is cut where the instruction changes, or when full
         if not chunks or len(chunks[-1]) == chunk or instructions[chunks[-1][0]] != instructions[i]:
@@ -258,6 +269,8 @@ def embed_to_memmap(encoder: TextEncoder, texts: Sequence[str], instructions: Se
     matrix = None
     if done:
         matrix = np.load(path, mmap_mode="r+")
+        if matrix.shape[0] != len(texts):  # saved for another set of texts: start again
+            done, matrix = 0, None
     for n, ids in enumerate(chunks):
         if n < done:
             continue
@@ -274,6 +287,17 @@ def embed_to_memmap(encoder: TextEncoder, texts: Sequence[str], instructions: Se
     if matrix is None:  # nothing to embed (empty) cannot happen: read_pairs refuses an empty corpus
         raise ValueError("nothing to embed")
     return matrix
+
+
+def _lengths(encoder: TextEncoder, texts: Sequence[str], step: int = 8192) -> list[int]:
+    """Each text's length in the encoder's tokens (in characters when it cannot tell), a slice at a time."""
+    count = getattr(encoder, "token_lengths", None)
+    if count is None:
+        return [len(t) for t in texts]
+    out: list[int] = []
+    for start in range(0, len(texts), step):
+        out += count(texts[start:start + step])
+    return out
 
 
 def _embed_queries(encoder: TextEncoder, pairs: Pairs, corpus: np.ndarray, work: Path, chunk: int, bar,
@@ -506,10 +530,15 @@ class PointEncoder:
     def query_is_passage(self, instruction: str | None) -> bool:
         return instruction is None  # an instruction goes before the query's text, never a passage's
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.embedder.encoder.text_tokenizer.ids(texts)]
+
     def encode(self, texts: Sequence[str], instruction: str | None = None) -> torch.Tensor:
         rank, depth, dim = self.point
-        return self.embedder.encode(list(texts), instruction=instruction, batch_size=self.batch_size, rank=rank,
-                                    depth=depth, dim=dim)
+        texts = list(texts)
+        return torch.cat([  # a batch per call: the model's own order (characters) would undo the token order
+            self.embedder.encode(texts[i:i + self.batch_size], instruction=instruction, batch_size=self.batch_size,
+                                 rank=rank, depth=depth, dim=dim) for i in range(0, len(texts), self.batch_size)])
 
 
 class SentenceTransformerEncoder:
@@ -521,10 +550,19 @@ class SentenceTransformerEncoder:
     def query_is_passage(self, instruction: str | None) -> bool:
         return True  # queries and passages both go through ``encode``, the instruction unused
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        limit = self.model.max_seq_length
+        encoded = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=limit is not None,
+                                       max_length=limit)["input_ids"]
+        return [len(ids) for ids in encoded]
+
     def encode(self, texts: Sequence[str], instruction: str | None = None) -> torch.Tensor:
-        vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
-                                    normalize_embeddings=True, show_progress_bar=False)
-        return vectors.float().cpu()
+        texts = list(texts)
+        batches = [  # a batch per call: sentence-transformers' own order (characters) would undo the token order
+            self.model.encode(texts[i:i + self.batch_size], batch_size=self.batch_size, convert_to_tensor=True,
+                              normalize_embeddings=True, show_progress_bar=False)
+            for i in range(0, len(texts), self.batch_size)]
+        return torch.cat(batches).float().cpu()
 
 
 def is_mlembed_model(path: Path) -> bool:
@@ -620,7 +658,7 @@ def mine(encoder: TextEncoder, inputs: Sequence[str | os.PathLike], output: str 
     # What each phase's saved work depends on: the embeddings on the model and the inputs, the search (and the
     # rescoring) on the window and the blocks too. The selection is recomputed on every run and depends on none.
     files = [file_identity(p) for p in [*inputs, *corpus_files]]
-    keys = {"embed": fingerprint(identity, files, settings.per_source, search.batch_size, search.chunk),
+    keys = {"embed": fingerprint(EMBED_LAYOUT, identity, files, settings.per_source, search.batch_size, search.chunk),
             "search": fingerprint(window, search.query_block, search.corpus_block, search.faiss,
                                   rescorer is not None and rescorer_identity)}
     work = out / WORK

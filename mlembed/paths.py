@@ -25,10 +25,13 @@ def resolve_path(path: str, flag: str = "path") -> str:
     if not path.startswith(PREFIX):
         return path
     package, _, rest = path[len(PREFIX) :].partition("/")
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a dotted name whose parent is missing, or an empty name
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"{flag} {path!r}: package {package!r} is not installed (the demo needs: pip install -e '.[demo]')"
+            f"{flag} {path!r}: package {package!r} is not installed (the demo's packages: pip install -e '.[demo]')"
         )
     resolved = Path(spec.submodule_search_locations[0]) / rest
     if not resolved.exists():

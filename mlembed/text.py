@@ -63,14 +63,17 @@ class TextTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenize ``texts`` into right-padded ``input_ids`` and ``attention_mask`` of shape [B, T]."""
+        return pad_right(self.ids(texts), pad_id=pad_token_id(self.tokenizer))
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids of each text, unpadded: special tokens added, truncated, EOS appended when asked."""
         tok = self.tokenizer
         eos = tok.eos_token_id if self.append_eos else None
         if self.append_eos and eos is None:
             raise ValueError(f"tokenizer at {self.path} has no EOS token, but append_eos is on")
         budget = self.max_seq_length - (1 if eos is not None else 0)
         encoded = tok(list(texts), add_special_tokens=True, truncation=True, max_length=budget)["input_ids"]
-        rows = [ids + [eos] if eos is not None else ids for ids in encoded]
-        return pad_right(rows, pad_id=pad_token_id(tok))
+        return [ids + [eos] if eos is not None else ids for ids in encoded]
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:

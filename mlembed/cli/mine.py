@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
                     "filtered as sentence-transformers' mine_hard_negatives does. Killed and run again with the same "
                     "flags, it resumes.")
     parser.add_argument("--model", required=True,
-                        help="an mlembed checkpoint or export, or any sentence-transformers model (path or hub id)")
+                        help="an mlembed checkpoint or export, or any sentence-transformers model (path, hub id, or "
+                        "pkg://package/path inside an installed package)")
     parser.add_argument("--input", required=True, nargs="+", help="JSONL or parquet records with query and positive "
                         "(source and instruction used when present; every field is kept)")
     parser.add_argument("--output", required=True, help="directory of the mined records (one JSONL file per input)")
