@@ -17,7 +17,7 @@ Both spend nearly all their time in the model's forward passes. mlembed makes fe
 cheaper ones: it orders texts by their length in tokens before batching, where sentence-transformers orders them by
 characters. In 98 languages, characters per token vary several-fold, so a batch ordered by characters mixes short
 and long token sequences and pads them to the longest: on the 20,000 passages, 620,320 token slots for 295,034
-real tokens, against 305,440 in token order.
+real tokens, against 305,440 in token order (``--padding-only`` prints these counts for each size, mining nothing).
 
     python benchmarks/bench_mine.py [--sizes 5000 10000 20000 40000]
 """
@@ -93,12 +93,36 @@ def worker(arm: str, size: int, directory: Path) -> dict:
     return {"seconds": seconds, "peak": kib("VmHWM") - start_rss, "chosen": chosen}
 
 
+def padding(size: int) -> str:
+    """Token slots of the corpus's batches of ``BATCH`` ordered by characters and by tokens, and its real tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    texts = list(dict.fromkeys(p for _, p in pairs(size)))
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
+
+    def slots(order: list[int]) -> int:
+        return sum(max(lengths[i] for i in order[s:s + BATCH]) * len(order[s:s + BATCH])
+                   for s in range(0, len(order), BATCH))
+
+    by_chars = slots(sorted(range(len(texts)), key=lambda i: -len(texts[i])))
+    by_tokens = slots(sorted(range(len(texts)), key=lambda i: -lengths[i]))
+    return (f"{size:>8} passages: {sum(lengths):,} real tokens; token slots in batches of {BATCH} ordered by "
+            f"characters {by_chars:,}, by tokens {by_tokens:,}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 20000, 40000],
                         help="corpus sizes (pairs; the corpus is their positives)")
+    parser.add_argument("--padding-only", action="store_true",
+                        help="print the padding of batches ordered by characters and by tokens, and mine nothing")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)  # ARM SIZE DIR
     args = parser.parse_args()
+    if args.padding_only:
+        for size in args.sizes:
+            print(padding(size))
+        return
     if args.worker:
         arm, size, directory = args.worker
         result = worker(arm, int(size), Path(directory))

@@ -187,6 +187,9 @@ def test_mining_benchmark_runs_both_miners_on_the_same_text_and_they_agree():
     overlap, reused = float(row.split("|")[-2]), float(row.split("|")[-1])
     assert overlap > 0.9  # the same model, settings and text: mostly the same negatives (ties and windows aside)
     assert 0.5 < reused <= 1.0  # the chained pairs: most queries are another pair's positive
+    line = run(str(ROOT / "benchmarks/bench_mine.py"), "--sizes", "200", "--padding-only").strip()
+    real, by_chars, by_tokens = (int(v.replace(",", "")) for v in re.findall(r"[\d,]{3,}", line.split(":", 1)[1]))
+    assert real <= by_tokens <= by_chars  # batches of one token length pad the least
 
 
 def test_cheap_point_mining_benchmark_reports_time_rescoring_and_overlap(tmp_path):
