@@ -141,7 +141,7 @@ def report(arms: dict[str, dict[tuple, dict[str, float]]], seconds: float | None
     if seconds is not None:
         lines += [f"mlembed mine over the stage-2 dialogue records: {seconds:.1f} s", ""]
     lines += ["out-of-domain score (mean of " + ", ".join(OUT_OF_DOMAIN) + "); in-domain dialogue ndcg@10 after /",
-              "", "| point | " + " | ".join(names) + " | mined - length |", "|---|" + "---|" * (len(names) + 1)]
+              "", "| point | " + " | ".join(names) + " | mined - as built |", "|---|" + "---|" * (len(names) + 1)]
     any_grid = next(iter(arms.values()))
     full = full_values(any_grid)
     rows = {label: tuple(f if v is None else v for v, f in zip(point, full, strict=True))
