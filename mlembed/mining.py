@@ -150,6 +150,8 @@ class Pairs:
     rows: list[list[dict]]
     """The decoded rows of each input file, every field kept."""
     corpus: list[str] = field(default_factory=list)
+    corpus_index: dict[str, int] = field(default_factory=dict)
+    """Passage text -> its corpus id."""
     groups: dict[str, list[int]] = field(default_factory=dict)
     """Source group -> its corpus ids, ascending (``""`` holds everything when mining across sources)."""
     queries: list[tuple[str, str | None, str]] = field(default_factory=list)
@@ -166,7 +168,7 @@ def read_pairs(files: Sequence[str | os.PathLike], corpus_files: Sequence[str | 
                per_source: bool) -> Pairs:
     """Read and check the records and the extra corpus; one ``RecordError`` line for the first bad record."""
     pairs = Pairs(files=[Path(f) for f in files], rows=[])
-    ids: dict[str, int] = {}
+    ids = pairs.corpus_index
     members: dict[str, set[int]] = {}
     query_ids: dict[tuple[str, str | None, str], int] = {}
 
@@ -306,7 +308,7 @@ def _embed_queries(encoder: TextEncoder, pairs: Pairs, corpus: np.ndarray, work:
     ``TextEncoder``) whose text is in the corpus takes the passage's vector; the others are embedded (resumable,
     into ``queries-own.npy``)."""
     same = getattr(encoder, "query_is_passage", None)
-    index = {text: i for i, text in enumerate(pairs.corpus)} if same is not None else {}
+    index = pairs.corpus_index if same is not None else {}
     reused = {q: index[text] for q, (_, instruction, text) in enumerate(pairs.queries)
               if text in index and same(instruction)}
     own = [q for q in range(len(pairs.queries)) if q not in reused]
